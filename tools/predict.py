@@ -1,0 +1,62 @@
+"""Run the model on images and write overlay pictures: ``barrier-predict --input frame.jpg``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mask2former.config import ConfigError, load_config
+from mask2former.io import ImageDecodeError
+from mask2former.predictor import Predictor
+from mask2former.visualize import draw_instances, save_rgb
+
+logger = logging.getLogger("barrier-predict")
+DEFAULT_CONFIG = "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="detectron2-style YAML config")
+    parser.add_argument("--weights", help="checkpoint (.pkl/.pth), URL or model-zoo name; default MODEL.WEIGHTS")
+    parser.add_argument("--input", nargs="+", required=True, help="image files")
+    parser.add_argument("--output", required=True, help="output folder for *_overlay.png")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--backend", default=None, help="torch, openvino or auto (default: config DEPLOY.BACKEND)")
+    parser.add_argument("--precision", default=None, help="fp32, bf16, fp16 or auto")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        predictor = Predictor(cfg, weights=args.weights, device=args.device, backend=args.backend,
+                              precision=args.precision, score_threshold=args.confidence_threshold)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for name in args.input:
+        try:
+            image = predictor.load(name)
+        except ImageDecodeError as error:
+            logger.error("skipping %s", error)
+            failures += 1
+            continue
+        instances = predictor(image)
+        target = output / f"{Path(name).stem}_overlay.png"
+        save_rgb(str(target), draw_instances(image, instances))
+        counts = {label: instances.labels.count(label) for label in sorted(set(instances.labels))}
+        logger.info("%s: %d instances %s -> %s", name, len(instances), counts, target)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
