@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
-from PIL import Image
 
+from .backends import make_runner
 from .checkpoint import LoadReport, load_checkpoint
 from .config import load_config
 from .config.build import build_model
@@ -25,31 +25,13 @@ from .io import decode_image as _decode
 from .io import ensure_rgb_uint8, read_image
 from .modeling.meta_arch import MaskFormer
 from .postprocess import ResizeGeometry, instances_from_outputs
+from .preprocess import normalize_and_pad, resize_image, resized_shape
 from .structures import Instances
 from .weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | str | Path | bytes
-
-
-def resized_shape(height: int, width: int, short_edge: int, max_size: int) -> tuple[int, int]:
-    """detectron2's ``ResizeShortestEdge`` output size, rounding included; ``short_edge`` 0 = keep."""
-    if short_edge <= 0:
-        return height, width
-    scale = short_edge / min(height, width)
-    new_h, new_w = (short_edge, scale * width) if height < width else (scale * height, short_edge)
-    if max(new_h, new_w) > max_size:
-        rescale = max_size / max(new_h, new_w)
-        new_h, new_w = new_h * rescale, new_w * rescale
-    return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """PIL bilinear, as detectron2 resizes uint8 images."""
-    if image.shape[:2] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -85,28 +67,47 @@ class Predictor:
         self.short_edge = int(cfg.INPUT.MIN_SIZE_TEST)
         self.max_size = int(cfg.INPUT.MAX_SIZE_TEST)
         self.load_report: LoadReport | None = None
-        if model is None:
-            model = build_model(cfg)
-            spec = cfg.MODEL.WEIGHTS if weights is None else weights
-            if spec:
-                self.load_report = load_checkpoint(model, resolve_weights(spec))
+        self.pixel_mean = torch.tensor(list(cfg.MODEL.PIXEL_MEAN), dtype=torch.float32)
+        self.pixel_std = torch.tensor(list(cfg.MODEL.PIXEL_STD), dtype=torch.float32)
+        self.size_divisibility = int(cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY)
+        if len(self.class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+            raise ValueError(f"{len(self.class_names)} class names for a model with "
+                             f"{cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES} classes")
+        spec = cfg.MODEL.WEIGHTS if weights is None else weights
+        self.weights_path = resolve_weights(spec) if model is None and spec else None
+        self.model = model.eval() if model is not None else None
+        self.runner = make_runner(
+            backend=backend or cfg.DEPLOY.BACKEND,
+            precision=precision or cfg.DEPLOY.PRECISION,
+            device=self.device,
+            cfg=self.cfg,
+            model=self._torch_model,
+            weights_digest=self._weights_digest,
+        )
+
+    def _torch_model(self) -> MaskFormer:
+        """The torch model, built and loaded on first need (a warm OpenVINO cache never needs it)."""
+        if self.model is None:
+            model = build_model(self.cfg)
+            if self.weights_path is not None:
+                self.load_report = load_checkpoint(model, self.weights_path)
             else:
                 logger.warning("no weights given: the model is randomly initialised")
-        self.model = model.eval()
-        if len(self.class_names) != self.model.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for a model with {self.model.num_classes} classes")
-        self.runner = self._make_runner(backend or cfg.DEPLOY.BACKEND, precision or cfg.DEPLOY.PRECISION)
+            self.model = model.eval()
+        return self.model
+
+    def _weights_digest(self) -> str:
+        from .backends.ir_cache import file_digest, state_dict_digest
+
+        if self.weights_path is not None and self.model is None:
+            return file_digest(self.weights_path)
+        return state_dict_digest(self._torch_model().state_dict().items())
 
     @classmethod
     def from_config_file(
         cls, config_file: str | Path, weights: str | Path | None = None, opts: Sequence[str] = (), **kwargs: object
     ) -> Predictor:
         return cls(load_config(config_file, opts), weights=weights, **kwargs)
-
-    def _make_runner(self, backend: str, precision: str):
-        from .backends import make_runner
-
-        return make_runner(self.model, backend=backend, precision=precision, device=self.device, cfg=self.cfg)
 
     @property
     def backend_description(self) -> str:
@@ -137,7 +138,7 @@ class Predictor:
         inputs = [resize_image(a, resized_shape(*a.shape[:2], self.short_edge, self.max_size)) for a in arrays]
         tensors = [torch.from_numpy(np.ascontiguousarray(i.transpose(2, 0, 1))).float() for i in inputs]
         with torch.inference_mode():
-            batch, sizes = self.model.preprocess(tensors)
+            batch, sizes = normalize_and_pad(tensors, self.pixel_mean, self.pixel_std, self.size_divisibility)
             class_logits, mask_logits = self.runner(batch)
             class_logits, mask_logits = class_logits.cpu(), mask_logits.cpu()
             padded = (int(batch.shape[-2]), int(batch.shape[-1]))

@@ -19,6 +19,8 @@ SWIN_L_CONFIG = (REPO_ROOT / "configs/safetybarrier/instance-segmentation/swin/"
                  "maskformer2_swin_large_IN21k_384_bs16_100ep.yaml")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# "auto" would pick OpenVINO wherever it is installed; tests that want it ask for it by name.
+os.environ.setdefault("BARRIER_BACKEND", "torch")
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from ..preprocess import normalize_and_pad
 from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
 from .transformer_decoder import MultiScaleMaskedTransformerDecoder
 
@@ -79,24 +79,8 @@ class MaskFormer(nn.Module):
         return self.pixel_mean.device
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Normalise ``(3, H, W)`` float RGB images, zero-pad bottom/right to a common size.
-
-        The padded size is the largest image rounded up to ``size_divisibility``, as detectron2's
-        ``ImageList.from_tensors``; returns the batch and each image's unpadded ``(H, W)``.
-        """
-        if not images:
-            raise ValueError("preprocess needs at least one image")
-        sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-        stride = max(self.size_divisibility, 1)
-        height = -(-max(h for h, _ in sizes) // stride) * stride
-        width = -(-max(w for _, w in sizes) // stride) * stride
-        batch = self.pixel_mean.new_zeros((len(images), 3, height, width))
-        for index, image in enumerate(images):
-            if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"images must be (3, H, W), got {tuple(image.shape)}")
-            normalised = (image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
-            batch[index, :, : image.shape[-2], : image.shape[-1]] = normalised
-        return batch, sizes
+        """Normalise ``(3, H, W)`` float RGB images and zero-pad them to one batch (see ``normalize_and_pad``)."""
+        return normalize_and_pad(images, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def forward(self, batch: torch.Tensor) -> dict:
         """``pred_logits (B, Q, K+1)``, ``pred_masks (B, Q, H/4, W/4)``, ``aux_outputs``."""
@@ -113,11 +97,3 @@ class ExportableMaskFormer(nn.Module):
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self.model(batch)
         return outputs["pred_logits"], outputs["pred_masks"]
-
-
-def upsample_masks(mask_logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear (align_corners False) resize of ``(..., h, w)`` mask logits, as upstream."""
-    shape = mask_logits.shape
-    flat = mask_logits.reshape(1, -1, shape[-2], shape[-1])
-    resized = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
-    return resized.reshape(*shape[:-2], *resized.shape[-2:])

@@ -37,16 +37,19 @@ def deformable_sample(
     queries = sampling_offsets.shape[1]
     points = sampling_offsets.shape[4]
     value_levels = value.split([height * width for height, width in spatial_shapes], dim=1)
+    offsets_levels = sampling_offsets.unbind(3)
+    weights_levels = attention_weights.unbind(3)
     # grid_sample wants [-1, 1]: 2 * (reference + offset / size) - 1
     reference_grid = (2 * reference_points - 1)[:, :, None, None, :]
+    two = value.new_full((1,), 2.0)
     output = value.new_zeros(())
     for level, (height, width) in enumerate(spatial_shapes):
         level_value = value_levels[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
-        offsets = sampling_offsets[:, :, :, level]
-        grid = reference_grid + 2 * torch.stack((offsets[..., 0] / width, offsets[..., 1] / height), dim=-1)
+        per_pixel = torch.cat((two / width, two / height))  # from the (traced) sizes, not constants
+        grid = reference_grid + offsets_levels[level] * per_pixel
         grid = grid.transpose(1, 2).flatten(0, 1)  # (N*heads, Lq, points, 2)
         samples = F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(batch * heads, 1, queries, points)
+        weights = weights_levels[level].transpose(1, 2).reshape(batch * heads, 1, queries, points)
         output = output + (samples * weights).sum(-1)
     return output.view(batch, heads * head_dim, queries).transpose(1, 2)
 

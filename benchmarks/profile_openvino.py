@@ -1,0 +1,102 @@
+"""Where OpenVINO spends the time: per layer type and per model part, before and after.
+
+"before" converts the network with upstream's deformable sampling (all levels and points
+stacked, then reduced); "after" with the product's per-level accumulation. Both at one static
+padded size (default 800x1440), 2 threads, OpenVINO's per-node performance counters.
+
+    python benchmarks/profile_openvino.py [--config swin_t] [--size 800x1440] [--precision auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from upstream_sampling import upstream_deformable_sample
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "tiny": "configs/safetybarrier/instance-segmentation/swin/tiny_cpu.yaml",
+    "swin_t": "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
+    "swin_l": "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml",
+}
+PARTS = ("backbone", "pixel_decoder", "predictor")
+
+
+def _part(name: str) -> str:
+    for part in PARTS:
+        if part in name:
+            return part
+    return "other"
+
+
+def profile(model, size: tuple[int, int], precision: str, repeats: int) -> tuple[float, dict, dict]:
+    from mask2former.backends.openvino_backend import (
+        _PRECISION_HINTS,
+        convert_network,
+        import_openvino,
+        resolve_openvino_precision,
+    )
+
+    ov = import_openvino()
+    core = ov.Core()
+    converted = convert_network(model, example_size=size)  # static-size trace: "before" freezes shapes
+    converted.reshape({converted.inputs[0]: [1, 3, *size]})
+    hint = _PRECISION_HINTS[resolve_openvino_precision(precision, core)]
+    compiled = core.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2,
+                                                     "INFERENCE_PRECISION_HINT": hint, "PERF_COUNT": "YES"})
+    request = compiled.create_infer_request()
+    data = torch.randn(1, 3, *size).numpy()
+    request.infer({0: data})
+    times, by_type, by_part = [], collections.Counter(), collections.Counter()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        request.infer({0: data})
+        times.append(time.perf_counter() - start)
+        for node in request.get_profiling_info():
+            seconds = node.real_time.total_seconds()
+            by_type[node.node_type] += seconds / repeats
+            by_part[_part(node.node_name)] += seconds / repeats
+    return statistics.median(times), by_type, by_part
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="swin_t", choices=sorted(CONFIGS))
+    parser.add_argument("--size", default="800x1440")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    size = tuple(int(v) for v in args.size.split("x"))
+
+    from mask2former.config import load_config
+    from mask2former.config.build import build_model
+    from mask2former.modeling.pixel_decoder import ms_deform_attn
+
+    torch.manual_seed(0)
+    model = build_model(load_config(REPO / CONFIGS[args.config], ["MODEL.WEIGHTS", ""])).eval()
+    product_sampling = ms_deform_attn.deformable_sample
+    results = {}
+    for label, sampler in (("before (stack all levels)", upstream_deformable_sample),
+                           ("after (accumulate per level)", product_sampling)):
+        ms_deform_attn.deformable_sample = sampler
+        results[label] = profile(model, size, args.precision, args.repeats)
+    ms_deform_attn.deformable_sample = product_sampling
+
+    print(f"{args.config} at {size[0]}x{size[1]}, OpenVINO {args.precision}, 2 threads, median of {args.repeats}")
+    for label, (seconds, by_type, by_part) in results.items():
+        total = sum(by_part.values())
+        print(f"\n{label}: {seconds:.2f} s/img")
+        print("  share by model part: " + ", ".join(
+            f"{part} {100 * by_part[part] / total:.0f}%" for part in (*PARTS, "other")))
+        print("  top layer types: " + ", ".join(
+            f"{kind} {100 * t / total:.0f}%" for kind, t in by_type.most_common(8)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""On-disk cache of converted OpenVINO models, so a worker's cold start does not re-export.
+
+An entry is keyed by everything that changes the graph: the weights' content, the model part of
+the config, the OpenVINO version and the export policy. It is written into a temporary folder
+and renamed into place, and carries a manifest with the files' SHA-256, so a half-written,
+corrupt or stale entry is detected, removed and rebuilt instead of used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from fvcore.common.config import CfgNode
+
+from .openvino_backend import import_openvino
+
+logger = logging.getLogger(__name__)
+
+EXPORT_POLICY = "dynamic-bhw-v1"  # bump when the export changes in a way the key cannot see
+_MANIFEST = "manifest.json"
+_XML, _BIN = "model.xml", "model.bin"
+
+
+def default_cache_dir() -> Path:
+    from ..weights import default_cache_dir as base
+
+    return Path(os.environ.get("BARRIER_OV_CACHE") or base() / "openvino")
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, memoised beside the cache by (path, size, mtime)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo = default_cache_dir() / "digests.json"
+    token = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    known = _read_json(memo) or {}
+    if token in known:
+        return known[token]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    known[token] = digest.hexdigest()
+    with contextlib.suppress(OSError):
+        from ..utils import atomic_write_json
+
+        atomic_write_json(memo, known)
+    return known[token]
+
+
+def state_dict_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """Digest of in-memory weights (models that did not come from a file)."""
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(weights_digest: str, cfg: CfgNode) -> str:
+    """Key of one converted model: weights, MODEL config, OpenVINO version, export policy."""
+    ov = import_openvino()
+    payload = json.dumps({
+        "weights": weights_digest,
+        "model": cfg.MODEL.dump(),
+        "openvino": ov.get_version(),
+        "torch": torch.__version__,
+        "policy": EXPORT_POLICY,
+    }, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class ConvertedModelCache:
+    """Converted models under ``root/<key>/`` (``model.xml``, ``model.bin``, ``manifest.json``)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root else default_cache_dir()
+
+    def entry(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str) -> Any | None:
+        """The cached model, or None when absent; a damaged or stale entry is removed."""
+        entry = self.entry(key)
+        if not entry.exists():
+            return None
+        problem = self._validate(entry, key)
+        if problem:
+            logger.warning("OpenVINO cache entry %s is unusable (%s); rebuilding it", entry, problem)
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+        ov = import_openvino()
+        try:
+            return ov.Core().read_model(str(entry / _XML))
+        except RuntimeError as error:
+            logger.warning("OpenVINO cache entry %s cannot be read (%s); rebuilding it", entry, error)
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+
+    def _validate(self, entry: Path, key: str) -> str | None:
+        manifest = _read_json(entry / _MANIFEST)
+        if manifest is None:
+            return "no readable manifest"
+        if manifest.get("key") != key:
+            return "manifest key differs"
+        for name in (_XML, _BIN):
+            path = entry / name
+            if not path.is_file():
+                return f"{name} missing"
+            if manifest.get("sha256", {}).get(name) != _sha256(path):
+                return f"{name} checksum mismatch"
+        return None
+
+    def store(self, key: str, converted: Any, details: dict | None = None) -> Path:
+        """Write the entry atomically (temp folder + rename); returns its folder."""
+        ov = import_openvino()
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            ov.save_model(converted, str(staging / _XML), compress_to_fp16=False)
+            manifest = {
+                "key": key,
+                "openvino": ov.get_version(),
+                "policy": EXPORT_POLICY,
+                "sha256": {name: _sha256(staging / name) for name in (_XML, _BIN)},
+                **(details or {}),
+            }
+            (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2))
+            target = self.entry(key)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+            return target
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

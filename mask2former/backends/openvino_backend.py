@@ -1,0 +1,139 @@
+"""Runs the exported network with OpenVINO on CPU: one converted graph, compiled per padded size.
+
+The network is converted once with dynamic batch/height/width (the model has no shape-derived
+constants, so the graph is valid at every size) and cached on disk. Each padded input size gets
+its own statically reshaped, compiled model (static shapes run much faster than a dynamic
+compile), kept in a small LRU. OpenVINO's own compiled-model cache (``CACHE_DIR``) makes a
+restart reuse those compilations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
+
+
+def import_openvino() -> Any:
+    """Import OpenVINO with its usage telemetry unreachable.
+
+    OpenVINO's model converter sends usage events to Google Analytics unless the user opted
+    out; the product makes no network calls of its own. The converter falls back to a built-in
+    no-op stub when ``openvino_telemetry`` cannot be imported, so we make that import fail.
+    """
+    if "openvino.tools.ovc" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    try:
+        import openvino
+    except ImportError as error:  # pragma: no cover - depends on the install
+        raise RuntimeError("the OpenVINO backend needs the 'openvino' extra: pip install -e '.[openvino]'") from error
+    return openvino
+
+
+def openvino_available() -> bool:
+    try:
+        import_openvino()
+    except RuntimeError:
+        return False
+    return True
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (cgroup/affinity aware), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_openvino_precision(precision: str, core: Any, device: str = "CPU") -> str:
+    """``auto`` = bf16 where the CPU plugin reports bf16 support (AMX / AVX512-BF16), fp32 elsewhere."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    capabilities = set(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    if precision == "auto":
+        return "bf16" if "BF16" in capabilities else "fp32"
+    if precision in _CAPABILITY and _CAPABILITY[precision] not in capabilities:
+        raise ValueError(f"{precision} requested but this {device} reports only {sorted(capabilities)}; "
+                         "use fp32 or auto")
+    return precision
+
+
+def convert_network(model: torch.nn.Module, example_size: tuple[int, int] = (256, 320)) -> Any:
+    """Trace the network (batch, 3, H, W) -> (pred_logits, pred_masks) into an OpenVINO model."""
+    ov = import_openvino()
+    from ..modeling.meta_arch import ExportableMaskFormer
+
+    network = ExportableMaskFormer(model).eval()
+    example = torch.zeros(1, 3, *example_size)
+    with torch.no_grad():
+        converted = ov.convert_model(network, example_input=example, input=[ov.PartialShape([-1, 3, -1, -1])])
+    converted.outputs[0].get_tensor().set_names({"pred_logits"})
+    converted.outputs[1].get_tensor().set_names({"pred_masks"})
+    return converted
+
+
+class OpenVinoRunner:
+    """``batch (B, 3, H, W)`` -> ``(pred_logits, pred_masks)`` as float32 torch tensors."""
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        converted: Any,
+        *,
+        precision: str = "auto",
+        threads: int | None = None,
+        compiled_cache_dir: str | Path | None = None,
+        max_compiled: int = 4,
+    ) -> None:
+        ov = import_openvino()
+        self.core = ov.Core()
+        if compiled_cache_dir:
+            self.core.set_property({"CACHE_DIR": str(compiled_cache_dir)})
+        self.precision = resolve_openvino_precision(precision, self.core)
+        self.threads = threads or cpu_threads()
+        self.converted = converted
+        self.max_compiled = max_compiled
+        self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+
+    def compiled_for(self, shape: tuple[int, ...]) -> Any:
+        """The compiled model for one input shape (reshaped statically), least recently used evicted."""
+        if shape in self._compiled:
+            self._compiled.move_to_end(shape)
+            return self._compiled[shape]
+        model = self.converted.clone()
+        model.reshape({model.inputs[0]: list(shape)})
+        compiled = self.core.compile_model(model, "CPU", {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[self.precision],
+            "INFERENCE_NUM_THREADS": self.threads,
+        })
+        self._compiled[shape] = compiled
+        if len(self._compiled) > self.max_compiled:
+            self._compiled.popitem(last=False)
+        logger.debug("compiled OpenVINO model for input %s", shape)
+        return compiled
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        compiled = self.compiled_for(tuple(array.shape))
+        request = compiled.create_infer_request()
+        request.infer({0: array})
+        logits = torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
+        masks = torch.from_numpy(np.array(request.get_output_tensor(1).data, dtype=np.float32))
+        return logits, masks
+
+    def describe(self) -> str:
+        return f"openvino {self.precision} on CPU ({self.threads} threads)"

@@ -1,0 +1,179 @@
+"""OpenVINO backend: same numbers as torch, one graph for every size, a cache that heals itself."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mask2former.backends import resolve_backend
+from mask2former.checkpoint import load_checkpoint
+from mask2former.config import load_config
+from mask2former.config.build import build_model
+from mask2former.predictor import Predictor
+
+from .conftest import SWIN_T_CONFIG
+from .trained_model import synthetic_scenes, train_tiny_model
+
+ov_backend = pytest.importorskip("mask2former.backends.openvino_backend")
+if not ov_backend.openvino_available():  # pragma: no cover - the openvino extra is not installed
+    pytest.skip("openvino is not installed", allow_module_level=True)
+from mask2former.backends.ir_cache import ConvertedModelCache  # noqa: E402
+
+
+def _cpu_supports(capability: str) -> bool:
+    ov = ov_backend.import_openvino()
+    return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _assert_same_instances(ours, theirs, *, min_iou: float = 0.999) -> None:
+    """Same instances in the same order; a pixel whose logit is ~1e-6 from 0 may flip."""
+    assert len(ours) == len(theirs)
+    np.testing.assert_array_equal(ours.class_ids, theirs.class_ids)
+    np.testing.assert_allclose(ours.scores, theirs.scores, rtol=1e-3, atol=1e-4)
+    for a, b in zip(ours.masks, theirs.masks, strict=True):
+        union = np.logical_or(a, b).sum()
+        assert union == 0 or np.logical_and(a, b).sum() / union >= min_iou
+
+
+def test_telemetry_stays_off():
+    ov_backend.import_openvino()
+    from openvino.tools.ovc import convert_impl
+
+    assert convert_impl.tm.__name__.endswith("telemetry_stub")
+    assert sys.modules.get("openvino_telemetry") is None
+
+
+def test_parity_fixture_openvino_fp32_equals_torch(parity_dir, tmp_path):
+    cfg = load_config(parity_dir / "tiny_config.yaml", ["DEPLOY.CACHE_DIR", str(tmp_path)])
+    model = build_model(cfg).eval()
+    load_checkpoint(model, parity_dir / "tiny_model_final.pth")
+    case = torch.load(parity_dir / "tiny_expected_outputs.pt", weights_only=True)["a_150x210"]
+    torch_predictor = Predictor(cfg, model=model, backend="torch", score_threshold=0.0)
+    ov_predictor = Predictor(cfg, model=model, backend="openvino", precision="fp32", score_threshold=0.0)
+    torch_predictor.short_edge = ov_predictor.short_edge = 0  # the fixtures were made unresized
+    batch, _ = model.preprocess([case["input_rgb_hwc_uint8"].permute(2, 0, 1).float()])
+    for ours, reference in zip(ov_predictor.runner(batch), torch_predictor.runner(batch), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+    image = case["input_rgb_hwc_uint8"].numpy()
+    _assert_same_instances(ov_predictor(image), torch_predictor(image))
+    # a second input size in the same process: the same converted graph, compiled again
+    other = np.ascontiguousarray(np.rot90(image))
+    _assert_same_instances(ov_predictor(other), torch_predictor(other))
+    assert len(ov_predictor.runner._compiled) == 2
+
+
+@pytest.fixture(scope="module")
+def swin_t_predictors(tmp_path_factory):
+    """Full-size random-init Swin-T; one OpenVINO conversion shared by the tests below."""
+    cache = tmp_path_factory.mktemp("ov-cache")
+    cfg = load_config(SWIN_T_CONFIG, ["MODEL.WEIGHTS", "", "DEPLOY.CACHE_DIR", str(cache),
+                                      "INPUT.MIN_SIZE_TEST", "0"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    return (Predictor(cfg, model=model, backend="torch", score_threshold=0.0, max_detections=20),
+            Predictor(cfg, model=model, backend="openvino", precision="fp32", score_threshold=0.0,
+                      max_detections=20))
+
+
+def test_swin_t_at_an_odd_size_matches_torch(swin_t_predictors):
+    torch_predictor, ov_predictor = swin_t_predictors
+    for height, width in [(600, 1000)]:
+        image = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float()
+        batch, _ = torch_predictor.model.preprocess([tensor])
+        for ours, reference in zip(ov_predictor.runner(batch), torch_predictor.runner(batch), strict=True):
+            # ~1e-6 everywhere, except where float noise flips one borderline pixel of a query's
+            # attention mask (sigmoid < 0.5): that query then differs by up to ~1e-3 of the scale
+            difference, scale = (ours - reference).abs(), reference.abs().max()
+            assert (difference <= 1e-4 * scale).float().mean() >= 0.99
+            assert difference.max() <= 2e-3 * scale
+        _assert_same_instances(ov_predictor(image), torch_predictor(image))
+
+
+EVAL_SIZE = (384, 480)  # frames 3x the network input: masks at frame resolution, as in use
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cfg):
+    cfg = tiny_cfg.clone()
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", "128"])  # the network sees 128x160, as in training
+    return cfg, train_tiny_model(cfg)
+
+
+def test_torch_bf16_keeps_instances_of_a_trained_model(trained):
+    cfg, model = trained
+    fp32 = Predictor(cfg, model=model, backend="torch", precision="fp32")
+    bf16 = Predictor(cfg, model=model, backend="torch", precision="bf16")
+    for scene in synthetic_scenes(3, seed=1, size=EVAL_SIZE):
+        reference = fp32(scene.image)
+        assert len(reference) > 0
+        # autocast rounds every matmul's inputs to bf16 (OpenVINO keeps more in fp32): looser bound
+        _assert_same_instances_ranked(bf16(scene.image), reference, min_iou=0.9)
+
+
+@pytest.mark.skipif(not _cpu_supports("BF16"), reason="this CPU's OpenVINO plugin has no bf16 (needs AMX/AVX512-BF16)")
+def test_openvino_bf16_keeps_instances_of_a_trained_model(trained, tmp_path):
+    cfg, model = trained
+    cfg = cfg.clone()
+    cfg.merge_from_list(["DEPLOY.CACHE_DIR", str(tmp_path)])
+    fp32 = Predictor(cfg, model=model, backend="openvino", precision="fp32")
+    bf16 = Predictor(cfg, model=model, backend="openvino", precision="bf16")
+    for scene in synthetic_scenes(3, seed=1, size=EVAL_SIZE):
+        _assert_same_instances_ranked(bf16(scene.image), fp32(scene.image))
+
+
+def _assert_same_instances_ranked(ours, reference, min_iou: float = 0.98) -> None:
+    """Same classes in the same rank order, each mask IoU >= ``min_iou`` (bf16 vs fp32)."""
+    assert len(ours) == len(reference)
+    np.testing.assert_array_equal(ours.class_ids, reference.class_ids)
+    for a, b in zip(ours.masks, reference.masks, strict=True):
+        assert np.logical_and(a, b).sum() / np.logical_or(a, b).sum() >= min_iou
+
+
+def test_unsupported_precision_is_a_clear_error(tiny_cfg, tiny_model, tmp_path):
+    cfg = tiny_cfg.clone()
+    cfg.merge_from_list(["DEPLOY.CACHE_DIR", str(tmp_path)])
+    if not _cpu_supports("FP16"):
+        with pytest.raises(ValueError, match="fp16 requested"):
+            Predictor(cfg, model=tiny_model, backend="openvino", precision="fp16")
+    with pytest.raises(ValueError, match="precision must be"):
+        Predictor(cfg, model=tiny_model, backend="openvino", precision="int3")
+    assert resolve_backend("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve_backend("tensorrt", torch.device("cpu"))
+
+
+def test_cache_hit_skips_the_torch_model_and_damaged_entries_are_rebuilt(tiny_cfg, tiny_model, tmp_path, caplog):
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": tiny_model.state_dict()}, weights)
+    cfg = tiny_cfg.clone()
+    cfg.merge_from_list(["DEPLOY.CACHE_DIR", str(tmp_path / "cache")])
+    image = synthetic_scenes(1)[0].image
+
+    first = Predictor(cfg, weights=weights, backend="openvino", precision="fp32", score_threshold=0.0)
+    expected = first(image)
+    assert first.model is not None  # converted on a cold cache
+    entries = [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name != "compiled"]
+    assert len(entries) == 1
+
+    warm = Predictor(cfg, weights=weights, backend="openvino", precision="fp32", score_threshold=0.0)
+    assert warm.model is None  # never built: the cached graph was used
+    _assert_same_instances(warm(image), expected)
+
+    binary = entries[0] / "model.bin"
+    binary.write_bytes(binary.read_bytes()[:-16] + b"\0" * 16)  # a bit rot / half-written file
+    healed = Predictor(cfg, weights=weights, backend="openvino", precision="fp32", score_threshold=0.0)
+    assert healed.model is not None  # detected and rebuilt, not used
+    assert "checksum mismatch" in caplog.text
+    _assert_same_instances(healed(image), expected)
+    assert ConvertedModelCache(tmp_path / "cache").load(entries[0].name) is not None
+
+    other = tmp_path / "other.pth"  # different weights -> a different entry, never the stale one
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    state["sem_seg_head.predictor.class_embed.bias"] += 1.0
+    torch.save({"model": state}, other)
+    Predictor(cfg, weights=other, backend="openvino", precision="fp32")
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name != "compiled"]) == 2
