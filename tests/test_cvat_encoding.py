@@ -10,19 +10,24 @@ import numpy as np
 import pytest
 from cvat_sdk.masks import decode_mask as sdk_decode_mask
 from cvat_sdk.masks import encode_mask as sdk_encode_mask
+from scipy.ndimage import binary_fill_holes
 
 from mask2former.cvat import (
     decode_detector_mask,
     decode_rle,
     decode_sdk_mask,
+    detector_mask_json,
     detector_shape,
+    detector_shape_json,
     encode_detector_mask,
     encode_rle,
     encode_sdk_mask,
     interactor_shape,
     mask_to_polygon,
+    mask_to_polygons,
     paste_crop,
     polygon_to_mask,
+    polygons_to_mask,
     tight_crop,
 )
 from mask2former.structures import Instances
@@ -61,10 +66,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fill(points: list[float], height: int, width: int) -> np.ndarray:
-    """cv2.fillPoly on integer vertices: the reference rasteriser of the convention."""
-    canvas = np.zeros((height, width), dtype=np.uint8)
-    cv2.fillPoly(canvas, [np.asarray(points).reshape(-1, 2).round().astype(np.int32)], 1)
-    return canvas.astype(bool)
+    """Pixel-area convention, naively: pixel (x, y) is inside when its centre (x+.5, y+.5) is
+    (even-odd rule). Exact for polygons with vertices on pixel corners (centres never lie on edges)."""
+    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    cy, cx = np.mgrid[:height, :width] + 0.5
+    inside = np.zeros((height, width), dtype=bool)
+    for (xa, ya), (xb, yb) in zip(xy, np.roll(xy, -1, axis=0), strict=True):
+        crosses = (ya > cy) != (yb > cy)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = xa + (cy - ya) * (xb - xa) / (yb - ya)
+        inside ^= crosses & (cx < x_at)
+    return inside
 
 
 def random_frames(seed: int = 0) -> list[np.ndarray]:
@@ -190,7 +202,7 @@ def test_detector_decoder_rejects_length_mismatch_and_non_binary() -> None:
     ],
 )
 def test_encoders_refuse_crop_box_mismatch(crop, box) -> None:
-    for encode in (encode_detector_mask, encode_sdk_mask, mask_to_polygon):
+    for encode in (encode_detector_mask, encode_sdk_mask, mask_to_polygon, detector_mask_json):
         with pytest.raises(ValueError):
             encode(crop, box)
 
@@ -249,7 +261,7 @@ def test_tight_crop_and_paste_are_inverse() -> None:
         paste_crop(np.ones((2, 2), dtype=bool), (3, 3, 5, 5), 4, 4)
 
 
-# --- polygons ------------------------------------------------------------------------------
+# --- polygons (pixel-area convention: vertices on pixel corners) ----------------------------
 
 
 def _check_polygon(frame: np.ndarray, min_iou: float = 0.9) -> list[float]:
@@ -260,8 +272,8 @@ def _check_polygon(frame: np.ndarray, min_iou: float = 0.9) -> list[float]:
     xy = np.asarray(points).reshape(-1, 2)
     assert len(np.unique(xy, axis=0)) >= 3
     h, w = frame.shape
-    assert xy[:, 0].min() >= 0 and xy[:, 0].max() <= w - 1
-    assert xy[:, 1].min() >= 0 and xy[:, 1].max() <= h - 1
+    assert xy[:, 0].min() >= 0 and xy[:, 0].max() <= w
+    assert xy[:, 1].min() >= 0 and xy[:, 1].max() <= h
     assert iou(fill(points, h, w), frame) >= min_iou
     assert iou(polygon_to_mask(points, h, w), frame) >= min_iou
     return points
@@ -272,7 +284,36 @@ def test_polygon_of_rectangles_is_exact_including_frame_borders() -> None:
         frame = np.zeros((40, 60), dtype=bool)
         frame[y0:y1, x0:x1] = True
         points = _check_polygon(frame, min_iou=1.0)
-        assert len(points) == 8  # a rectangle stays 4 vertices
+        assert len(points) == 8  # a rectangle stays 4 vertices, on its pixel corners
+        assert sorted(set(points[0::2])) == [x0, x1] and sorted(set(points[1::2])) == [y0, y1]
+
+
+def test_exact_outlines_rasterise_back_to_the_mask_with_pycocotools() -> None:
+    """Unsimplified, every component's outline gives back the mask (holes filled), pixel for pixel."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 24, size=2))
+        frame = rng.random((h, w)) < rng.random()
+        found = tight_crop(frame)
+        if found is None:
+            continue
+        parts = mask_to_polygons(*found, epsilon=0.0)
+        expected = binary_fill_holes(frame)
+        np.testing.assert_array_equal(polygons_to_mask(parts, h, w), expected)
+        union = np.zeros_like(frame)
+        for part in parts:
+            union |= fill(part, h, w)
+        np.testing.assert_array_equal(union, expected)
+
+
+def test_polygon_of_known_shapes_lies_on_pixel_corners() -> None:
+    frame = np.zeros((6, 6), dtype=bool)
+    frame[2, 3] = True
+    assert mask_to_polygon(*tight_crop(frame)) == [3.0, 2.0, 3.0, 3.0, 4.0, 3.0, 4.0, 2.0]
+    frame[2:5, 3] = True  # a 1-px wide line is a thin rectangle, not a degenerate polygon
+    points = mask_to_polygon(*tight_crop(frame))
+    assert sorted(set(points[0::2])) == [3, 4] and sorted(set(points[1::2])) == [2, 5]
+    np.testing.assert_array_equal(polygon_to_mask(points, 6, 6), frame)
 
 
 @pytest.mark.parametrize("thickness", [3, 4, 5, 6])
@@ -281,7 +322,9 @@ def test_polygon_of_rotated_thin_bars(thickness: int) -> None:
         frame = np.zeros((160, 220), dtype=np.uint8)
         corners = cv2.boxPoints(((110.3, 80.6), (180.0, float(thickness)), float(angle)))
         cv2.fillPoly(frame, [np.round(corners).astype(np.int32)], 1)
-        _check_polygon(frame.astype(bool))
+        points = _check_polygon(frame.astype(bool))
+        raw = mask_to_polygon(*tight_crop(frame.astype(bool)), epsilon=0.0)
+        assert len(points) <= len(raw)
 
 
 def test_polygon_of_discs_is_simplified() -> None:
@@ -292,7 +335,8 @@ def test_polygon_of_discs_is_simplified() -> None:
         if radius == 30:
             crop, box = tight_crop(frame)
             raw = mask_to_polygon(crop, box, epsilon=0.0)
-            assert len(points) < len(raw)
+            np.testing.assert_array_equal(polygon_to_mask(raw, 80, 80), frame)
+            assert len(points) < len(raw) / 3
 
 
 def test_polygon_takes_largest_component_in_frame_coordinates() -> None:
@@ -302,31 +346,35 @@ def test_polygon_takes_largest_component_in_frame_coordinates() -> None:
     crop, box = tight_crop(frame)
     points = mask_to_polygon(crop, box)
     xy = np.asarray(points).reshape(-1, 2)
-    assert (xy.min(axis=0) == [20, 10]).all() and (xy.max(axis=0) == [34, 19]).all()
+    assert (xy.min(axis=0) == [20, 10]).all() and (xy.max(axis=0) == [35, 20]).all()
+    parts = mask_to_polygons(crop, box)
+    assert parts[0] == points and len(parts) == 2
 
 
 @pytest.mark.parametrize(
     "frame_slice",
     [
-        None,  # empty
         np.s_[5, 5],  # single pixel
         np.s_[5, 2:9],  # 1-px horizontal line
         np.s_[1:9, 5],  # 1-px vertical line
+        np.s_[2:9, 2:9],  # a square
     ],
 )
-def test_polygon_is_none_when_degenerate(frame_slice) -> None:
+def test_polygon_of_tiny_shapes_is_exact(frame_slice) -> None:
     frame = np.zeros((10, 10), dtype=bool)
-    if frame_slice is not None:
-        frame[frame_slice] = True
-    box = (0, 0, 10, 10)
-    assert mask_to_polygon(frame, box) is None
+    frame[frame_slice] = True
+    points = mask_to_polygon(frame, (0, 0, 10, 10))
+    np.testing.assert_array_equal(polygon_to_mask(points, 10, 10), frame)
 
 
-def test_polygon_of_straight_one_pixel_lines_is_none_bent_ones_are_slivers() -> None:
-    assert mask_to_polygon(np.eye(8, dtype=bool), (0, 0, 8, 8)) is None
+def test_polygon_is_none_only_for_empty_masks() -> None:
+    assert mask_to_polygon(np.zeros((10, 10), dtype=bool), (0, 0, 10, 10)) is None
+    assert mask_to_polygons(np.zeros((3, 3), dtype=bool), (0, 0, 3, 3)) == []
+    diagonal = mask_to_polygon(np.eye(8, dtype=bool), (0, 0, 8, 8))  # pixels touching at corners
+    np.testing.assert_array_equal(polygon_to_mask(diagonal, 8, 8), np.eye(8, dtype=bool))
     corner = np.zeros((8, 8), dtype=bool)
     corner[1:7, 1] = True
-    corner[6, 1:7] = True  # an "L": the contour cuts the corner diagonally, so it has area
+    corner[6, 1:7] = True
     points = mask_to_polygon(corner, (0, 0, 8, 8))
     np.testing.assert_array_equal(fill(points, 8, 8), corner)
 
@@ -339,13 +387,21 @@ def test_collinear_vertices_are_rejected() -> None:
     assert _clean(np.array([[1, 1], [1, 1], [4, 4]])) is None
 
 
-def test_polygon_to_mask_matches_fillpoly_and_validates() -> None:
-    points = [2, 1, 17, 4, 9, 13]
-    np.testing.assert_array_equal(polygon_to_mask(points, 15, 20), fill(points, 15, 20))
+def test_polygon_to_mask_is_the_pixel_area_convention_and_validates() -> None:
+    square = [2, 1, 6, 1, 6, 4, 2, 4]  # pixels x 2..5, y 1..3
+    expected = np.zeros((8, 8), dtype=bool)
+    expected[1:4, 2:6] = True
+    np.testing.assert_array_equal(polygon_to_mask(square, 8, 8), expected)
+    np.testing.assert_array_equal(polygon_to_mask(square[::-1], 8, 8), expected.T)  # (y, x) pairs
+    triangle = [2, 1, 17, 4, 9, 13]
+    assert iou(polygon_to_mask(triangle, 15, 20), fill(triangle, 15, 20)) >= 0.9
+    two = polygons_to_mask([square, [0, 6, 2, 6, 2, 8, 0, 8]], 8, 8)
+    assert two.sum() == expected.sum() + 4
+    for bad in ([1, 2, 3, 4], [1, 2, 3, 4, 5], [0, 0, 1, 0, float("nan"), 1]):
+        with pytest.raises(ValueError):
+            polygon_to_mask(bad, 10, 10)
     with pytest.raises(ValueError):
-        polygon_to_mask([1, 2, 3, 4], 10, 10)
-    with pytest.raises(ValueError):
-        polygon_to_mask([1, 2, 3, 4, 5], 10, 10)
+        polygons_to_mask([], 10, 10)
 
 
 # --- payload items -------------------------------------------------------------------------
@@ -358,12 +414,26 @@ def test_detector_shape_item() -> None:
     item = detector_shape("rail_top", crop, box, score=np.float32(0.75), attributes={"damaged": True})
     assert item["label"] == "rail_top" and item["type"] == "mask"
     assert item["attributes"] == [{"name": "damaged", "value": "True"}]
-    assert item["confidence"] == pytest.approx(0.75)
+    assert item["confidence"] == "0.75"  # a string, as CVAT's own functions send it
     decoded = json.loads(json.dumps(item))
     np.testing.assert_array_equal(naive_detector_decode(decoded["mask"], 20, 30), frame)
     assert iou(fill(decoded["points"], 20, 30), frame) == 1.0
-    one_pixel = np.ones((1, 1), dtype=bool)
-    assert detector_shape("rail_top", one_pixel, (3, 3, 4, 4)) is None
+    one_pixel = detector_shape("rail_top", np.ones((1, 1), dtype=bool), (3, 3, 4, 4))
+    assert one_pixel["points"] == [3.0, 3.0, 3.0, 4.0, 4.0, 4.0, 4.0, 3.0]
+
+
+def test_detector_shape_json_equals_the_item() -> None:
+    for seed, frame in enumerate(random_frames(seed=9)):
+        found = tight_crop(frame)
+        if found is None:
+            continue
+        crop, box = found
+        for score in (None, 0.123456):
+            expected = detector_shape(f"label{seed}", crop, box, score=score)
+            text = detector_shape_json(f"label{seed}", crop, box, score=score)
+            assert json.loads(text) == expected
+            assert " " not in text
+        assert json.loads(detector_mask_json(crop, box)) == encode_detector_mask(crop, box)
 
 
 def test_interactor_shape_item() -> None:

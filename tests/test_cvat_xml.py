@@ -86,6 +86,18 @@ def test_saved_document_reads_back_identically_in_datumaro(tmp_path: Path) -> No
         assert label_names[polygon.label] == "rail_mid" and polygon.group == 3
         np.testing.assert_allclose(polygon.points, our_polygon.points)
 
+    # Datumaro rasterises polygons as CVAT does: our polygon comes back as the very mask it
+    # was traced from (no 1-px shift), and equals our own reader's rasterisation.
+    rasterised = dataset.transform("polygons_to_masks")
+    for item in rasterised:
+        if item.id == "empty":
+            continue
+        name = next(n for n in expected if os.path.splitext(n)[0] == item.id)
+        (from_polygon,) = [a for a in item.annotations if a.group == 3]
+        height, width = expected[name].shape[1:]
+        np.testing.assert_array_equal(from_polygon.image.astype(bool), expected[name][1])
+        np.testing.assert_array_equal(ours.image(name).polygons()[0].to_mask(height, width), expected[name][1])
+
 
 def test_saved_document_reads_back_in_our_reader(tmp_path: Path) -> None:
     path, expected = build_document(tmp_path)
@@ -335,3 +347,15 @@ def test_failed_save_leaves_previous_file_intact(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert CvatDocument.load(path).images[-1].name == "later.jpg"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations.xml"]
+
+
+def test_new_files_get_umask_permissions_not_mkstemps(tmp_path: Path) -> None:
+    from mask2former.utils import atomic_write_with
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write_with(tmp_path / "new.xml", lambda handle: handle.write(b"<annotations/>"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "new.xml").stat().st_mode) == 0o640
+    assert (tmp_path / "new.xml").read_bytes() == b"<annotations/>"

@@ -1,8 +1,9 @@
 """The project's one CVAT format module: every CVAT encoding goes through here.
 
 - ``masks``: detector raw-pixel ``mask``, CVAT RLE, cvat-sdk / interactor ``points``.
-- ``polygons``: mask -> polygon ("Convert masks to polygons") and polygon -> mask.
-- ``payloads``: detector and interactor response items.
+- ``polygons``: mask -> polygon ("Convert masks to polygons") and polygon -> mask, in the
+  pixel-area convention CVAT, Datumaro and pycocotools share (vertices on pixel corners).
+- ``payloads``: detector and interactor response items, cvat-sdk auto-annotation shapes.
 - ``xml_document`` / ``xml_shapes``: CVAT for images 1.1 XML, read safely, edited losslessly,
   saved atomically.
 """
@@ -18,8 +19,15 @@ from .masks import (
     paste_crop,
     tight_crop,
 )
-from .payloads import detector_shape, interactor_shape
-from .polygons import mask_to_polygon, polygon_to_mask
+from .payloads import (
+    detector_mask_json,
+    detector_shape,
+    detector_shape_json,
+    format_confidence,
+    interactor_shape,
+    sdk_shape,
+)
+from .polygons import mask_to_polygon, mask_to_polygons, polygon_to_mask, polygons_to_mask, polygons_to_rle
 from .xml_document import CvatDocument, ImageEntry, LabelSpec
 from .xml_shapes import CvatXmlError, LabelInfo, MaskShape, PolygonShape, Shape
 
@@ -36,13 +44,20 @@ __all__ = [
     "decode_detector_mask",
     "decode_rle",
     "decode_sdk_mask",
+    "detector_mask_json",
     "detector_shape",
+    "detector_shape_json",
     "encode_detector_mask",
     "encode_rle",
     "encode_sdk_mask",
+    "format_confidence",
     "interactor_shape",
     "mask_to_polygon",
+    "mask_to_polygons",
     "paste_crop",
     "polygon_to_mask",
+    "polygons_to_mask",
+    "polygons_to_rle",
+    "sdk_shape",
     "tight_crop",
 ]

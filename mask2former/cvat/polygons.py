@@ -1,15 +1,12 @@
-"""Mask <-> polygon, for CVAT's "Convert masks to polygons" and for polygon labels.
+"""Mask <-> polygon, for CVAT's "Convert masks to polygons", polygon labels and COCO polygons.
 
-Coordinate convention: a vertex ``(x, y)`` is the CENTRE of pixel column ``x``, row ``y`` —
-the convention of ``cv2.findContours`` and ``cv2.fillPoly``. The outline runs through the
-centres of the mask's boundary pixels, so ``polygon_to_mask(mask_to_polygon(m))`` gives back
-``m`` up to the simplification (``epsilon``) instead of growing or shrinking it by a pixel,
-which matters for 3-6 px wide barrier rails. Vertices stay inside the frame
-(``0..width-1``), so CVAT never has to clip them.
-
-Rasterisers with the pixel-AREA convention (pixel ``x`` covers ``[x, x+1)``: pycocotools,
-hence Datumaro's and CVAT's polygon-to-mask exports) draw such a polygon about one pixel
-thinner; polygons drawn by hand in CVAT's canvas follow that area convention.
+One convention for the whole product, the one CVAT, Datumaro and pycocotools rasterise with:
+pixel ``(x, y)`` covers the square ``[x, x+1) x [y, y+1)``, so polygon vertices lie on pixel
+CORNERS and a mask's outline runs along pixel EDGES. A rectangle of pixels ``x0..x1-1`` is the
+polygon ``x0,y0  x1,y0  x1,y1  x0,y1`` (vertices up to ``width``/``height`` inclusive).
+:func:`mask_to_polygon` traces that outline and :func:`polygon_to_mask` rasterises with
+pycocotools, so an unsimplified polygon gives back exactly the mask it came from (holes filled)
+and a polygon from our mask goes into CVAT and comes back without a 1-pixel shift.
 """
 
 from __future__ import annotations
@@ -18,18 +15,102 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_util
 
 from .masks import check_crop
 
 DEFAULT_EPSILON = 1.0
 """Douglas-Peucker tolerance in pixels: turns the stair steps of slanted edges into straight
-edges (a rotated rail becomes ~5 vertices instead of ~100)."""
+edges (a rotated rail becomes a handful of vertices instead of hundreds)."""
 
 MIN_FIDELITY = 0.93
-"""IoU the simplified polygon must keep with the unsimplified contour, else the tolerance is
-halved (down to the raw contour). On 3 px rails a 1 px tolerance alone can drop IoU to ~0.84."""
+"""IoU the simplified polygon must keep with the exact outline, else the tolerance is halved
+(down to the exact outline). On 3 px rails a 1 px tolerance alone can cost more than that."""
 
-_SUBPIXEL_BITS = 8
+
+def _edge_contours(crop: np.ndarray) -> list[np.ndarray]:
+    """Outer outlines of every 8-connected component along pixel edges, as int (N, 2) corner arrays.
+
+    Tracing a 2x upsampled mask puts each traced pixel centre next to one original pixel corner:
+    an even upsampled coordinate is a pixel's left/top half (its corner is ``u / 2``), an odd one
+    its right/bottom half (``(u + 1) / 2``). A 1-px zero border lets shapes touch the crop edge.
+    """
+    upsampled = np.pad(crop.astype(np.uint8).repeat(2, axis=0).repeat(2, axis=1), 1)
+    contours, _ = cv2.findContours(upsampled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outlines = []
+    for contour in contours:
+        points = contour.reshape(-1, 2).astype(np.int64) - 1
+        outlines.append((points + (points & 1)) // 2)
+    return outlines
+
+
+def _area(points: np.ndarray) -> float:
+    return abs(cv2.contourArea(points.astype(np.float32)))
+
+
+def _clean(points: np.ndarray) -> np.ndarray | None:
+    """Drop repeated vertices; None unless at least 3 distinct vertices enclose some area."""
+    keep = np.any(points != np.roll(points, 1, axis=0), axis=1)
+    points = points[keep] if keep.any() else points[:1]
+    if len(points) < 3 or len(np.unique(points, axis=0)) < 3 or _area(points) <= 0:
+        return None
+    return points
+
+
+def _simplify(outline: np.ndarray, height: int, width: int, epsilon: float, min_fidelity: float) -> np.ndarray:
+    """The coarsest of ``epsilon``, ``epsilon/2``, ``epsilon/4`` keeping ``min_fidelity`` IoU, else the outline."""
+    if epsilon <= 0:
+        return outline
+    reference = _rasterise([outline], height, width)
+    reference_count = np.count_nonzero(reference)
+    for tolerance in (epsilon, epsilon / 2, epsilon / 4):
+        points = _clean(cv2.approxPolyDP(outline.reshape(-1, 1, 2).astype(np.int32), tolerance, True).reshape(-1, 2))
+        if points is None:
+            continue
+        raster = _rasterise([points], height, width)
+        intersection = np.count_nonzero(raster & reference)
+        union = reference_count + np.count_nonzero(raster) - intersection
+        if union and intersection / union >= min_fidelity:
+            return points
+    return outline
+
+
+def mask_to_polygons(
+    mask_crop: np.ndarray,
+    box: Sequence[int],
+    epsilon: float = DEFAULT_EPSILON,
+    min_fidelity: float = MIN_FIDELITY,
+) -> list[list[float]]:
+    """Every connected component's outer outline, largest first, as flat frame coordinates.
+
+    ``epsilon=0`` keeps the exact pixel-edge outlines (what COCO polygon exports want); holes are
+    not represented (CVAT polygons have none).
+    """
+    crop, (x0, y0, _, _) = check_crop(mask_crop, box)
+    if not crop.any():
+        return []
+    height, width = crop.shape
+    outlines = sorted(_edge_contours(crop), key=lambda c: (-_area(c), -len(c)))
+    polygons = []
+    for outline in outlines:
+        points = _simplify(outline, height, width, epsilon, min_fidelity)
+        points = _clean(points)
+        if points is not None:
+            polygons.append((points + np.array([x0, y0])).astype(float).ravel().tolist())
+    return polygons
+
+
+def _largest_component(crop: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """The largest 8-connected component (by pixels), cropped to its box, and that box's offset.
+
+    Tracing only it keeps speckled masks and big, thin crops cheap.
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(crop.view(np.uint8), connectivity=8)
+    if count <= 2:
+        return crop, (0, 0)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[best, :4])
+    return labels[y : y + h, x : x + w] == best, (x, y)
 
 
 def mask_to_polygon(
@@ -38,70 +119,53 @@ def mask_to_polygon(
     epsilon: float = DEFAULT_EPSILON,
     min_fidelity: float = MIN_FIDELITY,
 ) -> list[float] | None:
-    """Largest outer contour of a crop as flat frame coordinates ``[x0, y0, x1, y1, ...]``.
+    """Largest component's outer outline as flat frame coordinates ``[x0, y0, x1, y1, ...]``.
 
-    Returns None when there is no polygon CVAT would accept and draw (empty mask, a single
-    pixel, a straight 1-pixel-wide line; a bent one gives a sliver): one invalid item fails
-    CVAT's whole frame, so callers drop the instance instead. Simplification tries
-    ``epsilon``, ``epsilon / 2``, ``epsilon / 4`` and finally the raw contour, taking the first
-    that keeps ``min_fidelity``.
+    CVAT takes one polygon per shape. None only for an empty mask: in this convention even a
+    single pixel is a valid 4-vertex polygon, so no instance has to be dropped for lack of one.
     """
     crop, (x0, y0, _, _) = check_crop(mask_crop, box)
     if not crop.any():
         return None
-    # A 1-px zero border makes shapes touching the crop edge trace like any other.
-    padded = np.pad(crop.astype(np.uint8), 1)
-    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
+    component, (dx, dy) = _largest_component(np.ascontiguousarray(crop))
+    height, width = component.shape
+    outline = max(_edge_contours(component), key=lambda c: (_area(c), len(c)))
+    points = _clean(_simplify(outline, height, width, epsilon, min_fidelity))
+    if points is None:  # cannot happen for a pixel-edge outline; kept as the last guard
         return None
-    contour = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))
-    reference = np.zeros_like(padded)
-    cv2.fillPoly(reference, [contour], 1)
-    for tolerance in (epsilon, epsilon / 2, epsilon / 4, 0.0):
-        if tolerance > 0:
-            points = _clean(cv2.approxPolyDP(contour, tolerance, True).reshape(-1, 2))
-            if points is None or _iou(points, reference) < min_fidelity:
-                continue
-        else:
-            points = _clean(contour.reshape(-1, 2))
-            if points is None:
-                return None
-        points = points + np.array([x0 - 1, y0 - 1])
-        return points.astype(float).ravel().tolist()
-    return None
+    return (points + np.array([x0 + dx, y0 + dy])).astype(float).ravel().tolist()
 
 
-def _iou(points: np.ndarray, reference: np.ndarray) -> float:
-    raster = np.zeros_like(reference)
-    cv2.fillPoly(raster, [points.astype(np.int32)], 1)
-    union = np.count_nonzero(raster | reference)
-    return np.count_nonzero(raster & reference) / union if union else 0.0
-
-
-def _clean(points: np.ndarray) -> np.ndarray | None:
-    """Drop repeated vertices; None unless at least 3 distinct, non-collinear ones remain."""
-    keep = np.any(points != np.roll(points, 1, axis=0), axis=1)
-    points = points[keep] if keep.any() else points[:1]
-    if len(points) < 3 or len(np.unique(points, axis=0)) < 3:
-        return None
-    if cv2.contourArea(points.astype(np.float32)) <= 0:
-        return None
-    return points
-
-
-def polygon_to_mask(points: Sequence[float], height: int, width: int) -> np.ndarray:
-    """Rasterise flat polygon points into a ``height x width`` bool mask (pixel-centre vertices).
-
-    Fractional vertices (CVAT stores 2 decimals) are kept with 1/256 px precision.
-    """
+def _check_polygon(points: Sequence[float]) -> np.ndarray:
     coords = np.asarray(points, dtype=np.float64)
+    # pycocotools reads a 4-number list as a box, not a polygon: refuse it here.
     if coords.ndim != 1 or coords.size < 6 or coords.size % 2:
         raise ValueError(f"a polygon needs an even number (>= 6) of coordinates, got {coords.size}")
     if not np.all(np.isfinite(coords)):
         raise ValueError("polygon coordinates must be finite")
+    return coords
+
+
+def _rasterise(parts: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    rles = mask_util.frPyObjects([np.asarray(p, dtype=np.float64).ravel().tolist() for p in parts], height, width)
+    return mask_util.decode(mask_util.merge(rles)).astype(bool)
+
+
+def polygons_to_rle(parts: Sequence[Sequence[float]], height: int, width: int) -> dict:
+    """Union of polygon parts as one COCO RLE (pycocotools' rasterisation: pixel-area convention)."""
     if height <= 0 or width <= 0:
         raise ValueError(f"frame size must be positive, got {width}x{height}")
-    fixed = np.round(coords.reshape(-1, 2) * (1 << _SUBPIXEL_BITS)).astype(np.int32)
-    canvas = np.zeros((height, width), dtype=np.uint8)
-    cv2.fillPoly(canvas, [fixed], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
-    return canvas.astype(bool)
+    if not parts:
+        raise ValueError("at least one polygon part is needed")
+    checked = [_check_polygon(part).tolist() for part in parts]
+    return mask_util.merge(mask_util.frPyObjects(checked, height, width))
+
+
+def polygons_to_mask(parts: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """Rasterise the union of polygon parts into a ``height x width`` bool mask."""
+    return mask_util.decode(polygons_to_rle(parts, height, width)).astype(bool)
+
+
+def polygon_to_mask(points: Sequence[float], height: int, width: int) -> np.ndarray:
+    """Rasterise one flat polygon ``[x0, y0, x1, y1, ...]`` as CVAT, Datumaro and pycocotools do."""
+    return polygons_to_mask([points], height, width)

@@ -22,7 +22,7 @@ import numpy as np
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
-from .atomic import atomic_write
+from ..utils import atomic_write_with
 from .masks import check_crop, encode_rle, tight_crop
 from .xml_shapes import (
     SHAPE_TAGS,
@@ -338,4 +338,4 @@ class CvatDocument:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a crash or an error mid-write leaves the previous file intact."""
-        atomic_write(path, self.write)
+        atomic_write_with(path, self.write)

@@ -178,7 +178,7 @@ class PolygonShape(Shape):
     points: tuple[float, ...] = ()
 
     def to_mask(self, height: int, width: int) -> np.ndarray:
-        """Frame-size bool mask, pixel-centre convention (see ``polygons.py``)."""
+        """Frame-size bool mask, pixel-area convention as CVAT rasterises it (see ``polygons.py``)."""
         try:
             return polygon_to_mask(self.points, height, width)
         except ValueError as err:

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_util
 
+from mask2former.cvat.polygons import polygons_to_mask as _polygons_to_mask
+from mask2former.cvat.polygons import polygons_to_rle
+
 logger = logging.getLogger(__name__)
 
 
@@ -97,13 +100,12 @@ class ImageRecord:
 
 
 def polygons_to_mask(polygons: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
-    """Rasterise polygon parts with pycocotools (the COCO / detectron2 convention)."""
-    return mask_util.decode(_merged_polygon_rle(polygons, height, width)).astype(bool)
+    """Rasterise polygon parts as COCO, detectron2 and CVAT do (the product's one implementation)."""
+    return _polygons_to_mask(polygons, height, width)
 
 
 def _merged_polygon_rle(polygons: Sequence[np.ndarray], height: int, width: int) -> dict:
-    rles = mask_util.frPyObjects([np.asarray(p, dtype=np.float64).tolist() for p in polygons], height, width)
-    return mask_util.merge(rles)
+    return polygons_to_rle(polygons, height, width)
 
 
 def normalise_name(name: str) -> str:

@@ -90,20 +90,11 @@ def _mask_bbox(mask: np.ndarray) -> list[float]:
 
 
 def _polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours along pixel edges (tracing a 2x upsampled mask), so thin parts keep their width."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    y0, x0 = int(rows[0]), int(cols[0])
-    crop = mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1].astype(np.uint8)
-    upsampled = np.pad(crop.repeat(2, axis=0).repeat(2, axis=1), 1)
-    contours, _ = cv2.findContours(upsampled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polygons = []
-    for contour in contours:
-        pts = contour.reshape(-1, 2) - 1  # undo the padding
-        corners = (pts + (pts & 1)) / 2 + (x0, y0)  # even sub-pixel: left/top edge, odd: right/bottom
-        if len(corners) >= 3:
-            polygons.append([float(v) for v in corners.ravel()])
-    return polygons
+    """Exact outer outlines along pixel edges (the product's one polygon convention), so thin parts keep their width."""
+    from mask2former.cvat import mask_to_polygons, tight_crop  # lazily, as the CVAT XML writer below
+
+    found = tight_crop(mask)
+    return [] if found is None else mask_to_polygons(*found, epsilon=0.0)
 
 
 def _uncompressed_rle(mask: np.ndarray) -> list[int]:
