@@ -20,18 +20,27 @@ def class_color(class_id: int) -> tuple[int, int, int]:
 
 def draw_instances(image: np.ndarray, instances: Instances, *, alpha: float = 0.45) -> np.ndarray:
     """RGB image with each mask tinted in its class colour, outlined, and labelled with its score."""
-    canvas = image.astype(np.float32).copy()
+    # Work inside each instance's box: a batch labelling run draws every frame, and full-frame
+    # boolean indexing per instance costs more than the encoding of all its shapes.
+    canvas = image.astype(np.float32)
     for index in range(len(instances)):
-        mask = instances.masks[index]
+        crop, (x0, y0, x1, y1) = instances.mask_crop(index)
+        if crop.size == 0:
+            continue
+        region, where = canvas[y0:y1, x0:x1], crop[:, :, None]
         color = np.array(class_color(int(instances.class_ids[index])), dtype=np.float32)
-        canvas[mask] = canvas[mask] * (1 - alpha) + color * alpha
+        np.multiply(region, np.float32(1 - alpha), out=region, where=where)
+        np.add(region, color * np.float32(alpha), out=region, where=where)
     canvas = canvas.clip(0, 255).astype(np.uint8)
     scale = max(0.35, min(canvas.shape[:2]) / 900)
     thickness = max(1, round(scale * 2))
     for index in range(len(instances)):
         color = class_color(int(instances.class_ids[index]))
-        contours, _ = cv2.findContours(instances.masks[index].astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_SIMPLE)
+        crop, (x0, y0, _, _) = instances.mask_crop(index)
+        if crop.size == 0:
+            continue
+        contours, _ = cv2.findContours(np.pad(crop.astype(np.uint8), 1), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE, offset=(x0 - 1, y0 - 1))
         cv2.drawContours(canvas, contours, -1, color, thickness)
         x0, y0 = int(instances.boxes[index][0]), int(instances.boxes[index][1])
         text = f"{instances.labels[index]} {instances.scores[index]:.2f}"

@@ -1,0 +1,104 @@
+"""Pre-label a CVAT task offline: ``barrier-label --input_dir export/ --output_dir labelled/``.
+
+``export/`` is a task exported from CVAT as "CVAT for images 1.1" with images: ``images/`` and
+``annotations.xml``. ``labelled/annotations.xml`` is that file with the model's shapes added
+(``<mask>``, or ``<polygon>`` where the task label asks for it or ``--polygons`` is given; source
+"semi-auto"), ready for CVAT's "Upload annotations" with format "CVAT 1.1". Everything else in
+the file is kept: ``<meta>``, every image, every shape a person made. ``labelled/visuals/``
+holds an overlay per image and ``labelled/predictions/`` one JSON record per image.
+
+Re-running is safe: shapes this tool wrote earlier are recognised from the records in
+``labelled/predictions/`` (also after a trip through CVAT, as long as nobody edited them) and
+replaced; edited ones are kept as human work. Keep the same ``--output_dir`` for re-runs.
+``--resume`` (default) continues an interrupted run; ``--overwrite`` predicts every image again.
+
+Exit status: 0 all images labelled, 1 some images skipped (see the summary), 2 fatal error
+(annotation file missing, malformed or unsafe; config or weights unusable; output not writable),
+130 interrupted (re-run with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+import sys
+from pathlib import Path
+
+from mask2former.config import ConfigError, load_config
+from mask2former.labelling import FatalInputError, LabelOptions, label_folder, model_identity
+from mask2former.predictor import Predictor
+
+logger = logging.getLogger("barrier-label")
+DEFAULT_CONFIG = "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input_dir", "--input-dir", required=True, type=Path,
+                        help="CVAT export: images/ and annotations.xml (CVAT for images 1.1)")
+    parser.add_argument("--output_dir", "--output-dir", required=True, type=Path,
+                        help="annotations.xml, visuals/ and predictions/ go here (keep it for re-runs)")
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="detectron2-style YAML config")
+    parser.add_argument("--weights", help="checkpoint (.pkl/.pth), URL or model-zoo name; default MODEL.WEIGHTS")
+    parser.add_argument("--confidence-threshold", type=float, default=None,
+                        help="minimum instance score (default: the config's DEPLOY.SCORE_THRESHOLD)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per model call")
+    parser.add_argument("--workers", type=int, default=2, help="threads reading and decoding images ahead (0: none)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--backend", default=None, help="torch, openvino or auto (default: config DEPLOY.BACKEND)")
+    parser.add_argument("--precision", default=None, help="fp32, bf16, fp16 or auto")
+    parser.add_argument("--polygons", action="store_true",
+                        help="<polygon> instead of <mask> for task labels of type 'any' (a label declared "
+                             "'mask' or 'polygon' always gets its own type, as CVAT expects)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", dest="overwrite", action="store_false",
+                      help="keep predictions this run already made (default)")
+    mode.add_argument("--overwrite", dest="overwrite", action="store_true",
+                      help="predict every image again, replacing the tool's earlier shapes")
+    parser.set_defaults(overwrite=False)  # store_false alone would make --overwrite the default
+    parser.add_argument("--save-interval", type=float, default=60.0,
+                        help="seconds between intermediate saves of annotations.xml (it is always saved at the end)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bar (it is shown on terminals only anyway)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        logger.error("--batch-size must be at least 1")
+        return 2
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        predictor = Predictor(cfg, weights=args.weights, device=args.device, backend=args.backend,
+                              precision=args.precision, score_threshold=args.confidence_threshold)
+    except (ConfigError, FileNotFoundError, ValueError, pickle.UnpicklingError, RuntimeError) as error:
+        logger.error("%s", error)
+        return 2
+    logger.info("model: %s on %s (%s), threshold %.2f", args.config_file, predictor.device,
+                predictor.backend_description, predictor.score_threshold)
+    options = LabelOptions(
+        input_dir=args.input_dir, output_dir=args.output_dir, batch_size=args.batch_size, workers=args.workers,
+        polygons=args.polygons, overwrite=args.overwrite, save_interval=args.save_interval,
+        progress=args.progress, model=model_identity(cfg, args.weights),
+    )
+    try:
+        summary = label_folder(predictor, options)
+    except FatalInputError as error:
+        logger.error("%s", error)
+        return 2
+    except OSError as error:
+        logger.error("cannot write the output: %s", error)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted: finished images are saved; run again with --resume to continue")
+        return 130
+    summary.log(logger)
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
