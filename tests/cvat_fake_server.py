@@ -1,0 +1,359 @@
+"""A CVAT server on loopback for tests: the REST endpoints sync-and-train uses, nothing else.
+
+Every JSON body is built from cvat-sdk's own API models (``Model._from_openapi_data``, the path
+the SDK itself takes for server data) and serialised with the SDK's ``to_json``, so the client's
+deserialisers validate what they receive exactly as with a real server. Endpoints:
+
+    GET  /api/server/about                     About
+    POST /api/auth/login, /api/auth/logout     Token (+ sessionid/csrftoken cookies), RestAuthDetail
+    GET  /api/users/self                       User (MetaUser)
+    GET  /api/projects/{id}, /api/tasks/{id}   ProjectRead, TaskRead
+    GET  /api/jobs?project_id|task_id|stage|state|type|page|page_size   PaginatedJobReadList
+    POST /api/jobs/{id}/dataset/export?format&save_images   202 RqId
+    GET  /api/requests/{rq_id}                 Request: "started" on the first poll, then "finished"
+    GET  /api/jobs/{id}/dataset/download?rq_id   the job's export zip
+
+Faults are injected per (method, path prefix): an HTTP status, a connection dropped before any
+response, a body cut off after half its bytes (with or without Content-Length), or garbage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import secrets
+import threading
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from xml.etree import ElementTree as ET
+
+from cvat_sdk.api_client import models
+from cvat_sdk.api_client.model_utils import to_json
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def export_zip(annotations_xml: bytes, images: Mapping[str, bytes]) -> bytes:
+    """A "CVAT for images 1.1" export with images: annotations.xml + images/<name>."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("annotations.xml", annotations_xml)
+        for name, data in images.items():
+            archive.writestr(f"images/{name}", data)
+    return buffer.getvalue()
+
+
+@dataclass
+class FakeJob:
+    id: int
+    task_id: int
+    start_frame: int
+    stop_frame: int
+    export: bytes
+    stage: str = "acceptance"
+    state: str = "completed"
+    updated: datetime = EPOCH
+
+
+@dataclass
+class FakeTask:
+    id: int
+    name: str
+    project_id: int | None
+
+
+@dataclass
+class Fault:
+    method: str
+    path: str          # prefix of the request path
+    kind: str          # "status", "drop", "truncate", "truncate-unsized", "garbage"
+    status: int = 503
+    times: int = 1
+
+
+@dataclass
+class Logged:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str] = field(repr=False)
+    status: int = 0
+
+
+class FakeCvat:
+    """State of the fake server; ``with FakeCvat(...) as cvat:`` serves it on 127.0.0.1."""
+
+    def __init__(self, token: str, *, users: Mapping[str, str] | None = None, page_size: int = 2) -> None:
+        self.token = token
+        self.users = dict(users or {})
+        self.page_size = page_size
+        self.projects: dict[int, str] = {}
+        self.tasks: dict[int, FakeTask] = {}
+        self.jobs: dict[int, FakeJob] = {}
+        self.faults: list[Fault] = []
+        self.log: list[Logged] = []
+        self.sessions: set[str] = set()
+        self._requests: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> FakeCvat:
+        handler = type("Handler", (_Handler,), {"cvat": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # ------------------------------------------------------------------ content
+    def add_task(self, task_id: int, name: str, project_id: int | None = 1) -> None:
+        if project_id is not None:
+            self.projects.setdefault(project_id, f"project {project_id}")
+        self.tasks[task_id] = FakeTask(task_id, name, project_id)
+
+    def add_job(self, job_id: int, task_id: int, frames: tuple[int, int], export: bytes, **fields: Any) -> FakeJob:
+        job = FakeJob(job_id, task_id, frames[0], frames[1], export, **fields)
+        self.jobs[job_id] = job
+        return job
+
+    def requests_to(self, method: str, prefix: str) -> list[Logged]:
+        return [entry for entry in self.log if entry.method == method and entry.path.startswith(prefix)]
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.method == method and path.startswith(fault.path) and fault.times > 0:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    # ------------------------------------------------------------------ models
+    def job_model(self, job: FakeJob) -> models.JobRead:
+        task = self.tasks[job.task_id]
+        base = self.url
+        return models.JobRead._from_openapi_data(
+            issues=models.IssuesSummary._from_openapi_data(url=f"{base}/api/issues?job_id={job.id}", count=0),
+            labels=models.LabelsSummary._from_openapi_data(url=f"{base}/api/labels?job_id={job.id}"),
+            url=f"{base}/api/jobs/{job.id}", id=job.id, task_id=task.id, task_name=task.name,
+            project_id=task.project_id, project_name=self.projects.get(task.project_id),
+            assignee=None, guide_id=None, dimension="2d", mode="annotation", media_type="image",
+            bug_tracker=None, status="annotation", stage=job.stage, state=job.state,
+            frame_count=job.stop_frame - job.start_frame + 1, start_frame=job.start_frame,
+            stop_frame=job.stop_frame, data_chunk_size=36, data_compressed_chunk_type="imageset",
+            data_original_chunk_type="imageset", created_date=EPOCH, updated_date=job.updated,
+            type="annotation", organization=None, target_storage=None, source_storage=None,
+            assignee_updated_date=None, parent_job_id=None, replicas_count=0)
+
+    def task_model(self, task: FakeTask) -> models.TaskRead:
+        base = self.url
+        jobs = [j for j in self.jobs.values() if j.task_id == task.id]
+        return models.TaskRead._from_openapi_data(
+            jobs=models.JobsSummary._from_openapi_data(
+                completed=sum(j.state == "completed" for j in jobs), validation=0, count=len(jobs),
+                url=f"{base}/api/jobs?task_id={task.id}"),
+            labels=models.LabelsSummary._from_openapi_data(url=f"{base}/api/labels?task_id={task.id}"),
+            url=f"{base}/api/tasks/{task.id}", id=task.id, name=task.name, project_id=task.project_id,
+            project_name=self.projects.get(task.project_id), owner=None, assignee=None, bug_tracker="",
+            created_date=EPOCH, updated_date=max((j.updated for j in jobs), default=EPOCH), overlap=0,
+            segment_size=0, status="completed" if jobs and all(j.state == "completed" for j in jobs) else
+            "annotation", size=sum(j.stop_frame - j.start_frame + 1 for j in jobs), image_quality=70,
+            dimension="2d", mode="annotation", media_type="image", subset="", organization=None,
+            target_storage=None, source_storage=None, assignee_updated_date=None)
+
+    def project_model(self, project_id: int) -> models.ProjectRead:
+        base = self.url
+        return models.ProjectRead._from_openapi_data(
+            tasks=models.TasksSummary._from_openapi_data(
+                count=sum(t.project_id == project_id for t in self.tasks.values()),
+                url=f"{base}/api/tasks?project_id={project_id}"),
+            labels=models.LabelsSummary._from_openapi_data(url=f"{base}/api/labels?project_id={project_id}"),
+            url=f"{base}/api/projects/{project_id}", id=project_id, name=self.projects[project_id], owner=None,
+            assignee=None, bug_tracker="", task_subsets=[], created_date=EPOCH, updated_date=EPOCH,
+            status="annotation", dimension="2d", organization=None, target_storage=None, source_storage=None)
+
+    def request_model(self, rq_id: str) -> models.Request:
+        state = self._requests[rq_id]
+        state["polls"] += 1
+        finished = state["polls"] > 1
+        job_id = state["job_id"]
+        return models.Request._from_openapi_data(
+            status=models.RequestStatus("finished" if finished else "started"), id=rq_id,
+            operation=models.RequestDataOperation._from_openapi_data(
+                type="export:dataset", target="job", project_id=None, task_id=self.jobs[job_id].task_id,
+                job_id=job_id, format=state["format"], function_id=None),
+            created_date=EPOCH, message="", progress=1.0 if finished else 0.5, started_date=EPOCH,
+            finished_date=EPOCH if finished else None, expiry_date=None,
+            owner=models.RequestOwner._from_openapi_data(id=1, username="alice", _spec_property_naming=True),
+            result_url=f"{self.url}/api/jobs/{job_id}/dataset/download?rq_id={rq_id}" if finished else None,
+            result_id=None)
+
+    def new_export(self, job_id: int, format_name: str) -> str:
+        rq_id = f"export:job-{job_id}-dataset-{secrets.token_hex(4)}"
+        self._requests[rq_id] = {"job_id": job_id, "format": format_name, "polls": 0}
+        return rq_id
+
+
+def _json(model: Any) -> bytes:
+    return json.dumps(to_json(model)).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    cvat: FakeCvat
+    server_version = "FakeCVAT/2.80"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the test log has the requests
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    # ------------------------------------------------------------------ plumbing
+    def _dispatch(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        path, query = unquote(parts.path), parse_qs(parts.query)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        entry = Logged(method, path, query, dict(self.headers))
+        self.cvat.log.append(entry)
+        fault = self.cvat.take_fault(method, path)
+        if fault is not None and fault.kind == "drop":
+            self.close_connection = True
+            return
+        if fault is not None and fault.kind == "status":
+            return self._send(entry, fault.status, json.dumps({"detail": "injected failure"}).encode())
+        try:
+            status, payload, headers = self._route(method, path, query, body)
+        except KeyError:
+            status, payload, headers = 404, json.dumps({"detail": "Not found."}).encode(), {}
+        except Exception as error:  # a bug in the fake shows as a 500, not as a dropped connection
+            status, payload, headers = 500, json.dumps({"detail": repr(error)}).encode(), {}
+        if fault is not None and fault.kind == "garbage":
+            payload = b"<html><body>502 Bad Gateway (proxy)</body></html>"
+        cut = fault is not None and fault.kind in ("truncate", "truncate-unsized")
+        self._send(entry, status, payload, headers, cut=cut, sized=not (fault and fault.kind == "truncate-unsized"))
+
+    def _send(self, entry: Logged, status: int, payload: bytes, headers: Mapping[str, str] | None = None, *,
+              cut: bool = False, sized: bool = True) -> None:
+        entry.status = status
+        self.send_response(status)
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if sized:
+            self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload[: len(payload) // 2] if cut else payload)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def _authorised(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {self.cvat.token}":
+            return True
+        cookies = dict(part.strip().split("=", 1) for part in (self.headers.get("Cookie") or "").split(";")
+                       if "=" in part)
+        return cookies.get("sessionid") in self.cvat.sessions
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes
+               ) -> tuple[int, bytes, dict[str, str]]:
+        cvat = self.cvat
+        if method == "GET" and path == "/api/server/about":
+            return 200, _json(models.About._from_openapi_data(
+                name="Computer Vision Annotation Tool", description="fake", version="2.80.0", logo_url="",
+                subtitle="")), {}
+        if method == "POST" and path == "/api/auth/login":
+            credentials = json.loads(body or b"{}")
+            if cvat.users.get(credentials.get("username")) != credentials.get("password"):
+                return 400, json.dumps({"non_field_errors": ["Unable to log in with provided credentials."]}
+                                       ).encode(), {}
+            session = secrets.token_hex(8)
+            cvat.sessions.add(session)
+            return 200, _json(models.Token._from_openapi_data(key=secrets.token_hex(8))), {
+                "Set-Cookie": f"sessionid={session}; Path=/, csrftoken={secrets.token_hex(8)}; Path=/"}
+        if not self._authorised():
+            return 401, json.dumps({"detail": "Invalid token."}).encode(), {}
+        if method == "POST" and path == "/api/auth/logout":
+            return 200, _json(models.RestAuthDetail._from_openapi_data(detail="Successfully logged out.")), {}
+        if method == "GET" and path == "/api/users/self":
+            return 200, _json(models.User._from_openapi_data(
+                username="alice", groups=["user"], url=f"{cvat.url}/api/users/1", id=1, first_name="",
+                last_name="", email="alice@example.com", is_staff=False, is_superuser=False, is_active=True,
+                last_login=EPOCH, date_joined=EPOCH, has_analytics_access=False)), {}
+        if match := re.fullmatch(r"/api/projects/(\d+)", path):
+            project_id = int(match[1])
+            if project_id not in cvat.projects:
+                raise KeyError(path)
+            return 200, _json(cvat.project_model(project_id)), {}
+        if match := re.fullmatch(r"/api/tasks/(\d+)", path):
+            return 200, _json(cvat.task_model(cvat.tasks[int(match[1])])), {}
+        if method == "GET" and path == "/api/jobs":
+            return 200, self._jobs_page(query), {}
+        if method == "POST" and (match := re.fullmatch(r"/api/jobs/(\d+)/dataset/export", path)):
+            job_id = int(match[1])
+            if job_id not in cvat.jobs:
+                raise KeyError(path)
+            if query.get("save_images", [""])[0].lower() != "true":  # the SDK sends "True"
+                return 400, json.dumps({"detail": "this fake serves exports with images only"}).encode(), {}
+            rq_id = cvat.new_export(job_id, query["format"][0])
+            return 202, _json(models.RqId._from_openapi_data(rq_id=rq_id)), {}
+        if method == "GET" and (match := re.fullmatch(r"/api/requests/(.+)", path)):
+            return 200, _json(cvat.request_model(match[1])), {}
+        if method == "GET" and (match := re.fullmatch(r"/api/jobs/(\d+)/dataset/download", path)):
+            job = cvat.jobs[int(match[1])]
+            return 200, job.export, {"Content-Type": "application/zip",
+                                     "Content-Disposition": f'attachment; filename="job_{job.id}.zip"'}
+        raise KeyError(path)
+
+    def _jobs_page(self, query: dict[str, list[str]]) -> bytes:
+        cvat = self.cvat
+
+        def wanted(job: FakeJob) -> bool:
+            task = cvat.tasks[job.task_id]
+            checks = {"project_id": str(task.project_id), "task_id": str(job.task_id), "stage": job.stage,
+                      "state": job.state, "type": "annotation"}
+            return all(query[key][0] == value for key, value in checks.items() if key in query)
+
+        matching = [cvat.jobs[i] for i in sorted(cvat.jobs) if wanted(cvat.jobs[i])]
+        page = int(query.get("page", ["1"])[0])
+        size = int(query.get("page_size", [str(cvat.page_size)])[0])
+        chunk = matching[(page - 1) * size: page * size]
+        more = page * size < len(matching)
+        following = {key: values[0] for key, values in query.items()} | {"page": str(page + 1)}
+        return _json(models.PaginatedJobReadList._from_openapi_data(
+            count=len(matching), results=[cvat.job_model(job) for job in chunk],
+            next=f"{cvat.url}/api/jobs?{urlencode(following)}" if more else None, previous=None))
+
+
+def synthetic_job_export(annotations: Path, image_dir: Path, names: list[str], *, drop_shapes: int = 0) -> bytes:
+    """The export of a job holding ``names`` from a synthetic CVAT XML (``generate_dataset(write_cvat_xml=True)``).
+
+    ``drop_shapes`` removes that many shapes from the first image: an annotator's correction.
+    """
+    tree = ET.parse(annotations)
+    root = tree.getroot()
+    for image in root.findall("image"):
+        if image.get("name") not in names:
+            root.remove(image)
+    first = root.find("image")
+    for shape in list(first)[:drop_shapes] if first is not None else []:
+        first.remove(shape)
+    return export_zip(ET.tostring(root, encoding="utf-8"), {name: (image_dir / name).read_bytes() for name in names})

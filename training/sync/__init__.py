@@ -1,0 +1,16 @@
+"""Sync-and-train: CVAT corrections -> versioned dataset -> finetuned model -> quality gate -> redeploy.
+
+One module per job, composed by :mod:`training.sync.loop` (and the thin CLI
+``tools/sync_and_train.py``):
+
+- ``redact``: keeps the CVAT token / password out of every log line and message.
+- ``retry``: one retry policy (exponential backoff, bounded) for every CVAT call.
+- ``cvat_client``: credentials, connection, selection of finished jobs.
+- ``export``: CVAT 1.1 export with images: request, poll, download to staging, validate.
+- ``dataset_store``: the versioned local dataset (manifest, content hashes, split by hash, rounds).
+- ``trainer``: the adapter over :mod:`training.engine` (finetune, evaluate).
+- ``gate``: candidate vs deployed metrics -> deploy or not, with reasons.
+- ``deploy``: package weights + config, the ``deploy.sh`` command, ``deployed.json``.
+- ``run_state``: per-run step record for ``--resume``; the workdir lock.
+- ``report``: Markdown + JSON + per-class AP plot.
+"""
