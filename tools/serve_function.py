@@ -26,7 +26,10 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-import nuclio_sdk
+try:
+    import nuclio_sdk
+except ImportError as error:  # pragma: no cover - depends on the install
+    raise SystemExit("barrier-serve needs nuclio-sdk: pip install -e '.[serve]'") from error
 
 logger = logging.getLogger("barrier-serve")
 

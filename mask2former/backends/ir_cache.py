@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from fvcore.common.config import CfgNode
 
-from .openvino_backend import import_openvino
+from .openvino_backend import import_openvino, shared_core
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,8 @@ class ConvertedModelCache:
             logger.warning("OpenVINO cache entry %s is unusable (%s); rebuilding it", entry, problem)
             shutil.rmtree(entry, ignore_errors=True)
             return None
-        ov = import_openvino()
         try:
-            return ov.Core().read_model(str(entry / _XML))
+            return shared_core().read_model(str(entry / _XML))
         except RuntimeError as error:
             logger.warning("OpenVINO cache entry %s cannot be read (%s); rebuilding it", entry, error)
             shutil.rmtree(entry, ignore_errors=True)

@@ -9,6 +9,7 @@ restart reuse those compilations.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -39,6 +40,15 @@ def import_openvino() -> Any:
     except ImportError as error:  # pragma: no cover - depends on the install
         raise RuntimeError("the OpenVINO backend needs the 'openvino' extra: pip install -e '.[openvino]'") from error
     return openvino
+
+
+@functools.cache
+def shared_core() -> Any:
+    """One ``ov.Core`` for the process, never released. With a Core per model, a process that had
+    dropped its Cores sometimes died of SIGSEGV on the next signal it got (Ctrl-C, a child's
+    SIGCHLD; the core dump shows the fault while the kernel delivers it). The CPU plugin is the
+    one library here that calls ``sigaltstack``; keeping it loaded made the crashes stop."""
+    return import_openvino().Core()
 
 
 def openvino_available() -> bool:
@@ -98,10 +108,8 @@ class OpenVinoRunner:
         compiled_cache_dir: str | Path | None = None,
         max_compiled: int = 4,
     ) -> None:
-        ov = import_openvino()
-        self.core = ov.Core()
-        if compiled_cache_dir:
-            self.core.set_property({"CACHE_DIR": str(compiled_cache_dir)})
+        self.core = shared_core()
+        self.compiled_cache_dir = str(compiled_cache_dir) if compiled_cache_dir else None
         self.precision = resolve_openvino_precision(precision, self.core)
         self.threads = threads or cpu_threads()
         self.converted = converted
@@ -119,6 +127,7 @@ class OpenVinoRunner:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[self.precision],
             "INFERENCE_NUM_THREADS": self.threads,
+            **({"CACHE_DIR": self.compiled_cache_dir} if self.compiled_cache_dir else {}),
         })
         self._compiled[shape] = compiled
         if len(self._compiled) > self.max_compiled:
