@@ -13,7 +13,7 @@ above 0.5. Rows:
 Mask agreement is the mean IoU of each row's instances against product torch fp32. Cold start
 is a fresh process from ``import`` to the first result, with an empty and with a warm cache.
 
-    python benchmarks/bench_cpu.py [--models tiny swin_t swin_l] [--repeats 3] [--markdown]
+    python benchmarks/bench_cpu.py [--models tiny swin_t swin_l] [--repeats 3] [--variants ...] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def bench_model(model_name: str, repeats: int, workdir: Path) -> list[str]:
+def bench_model(model_name: str, repeats: int, workdir: Path, variants: list[str]) -> list[str]:
     import torch
 
     from mask2former.config import load_config
@@ -161,11 +161,11 @@ def bench_model(model_name: str, repeats: int, workdir: Path) -> list[str]:
         torch.save({"model": model.state_dict()}, weights)
         del model
     cache = str(workdir / f"cache_{model_name}")
-    results = {v: _spawn(run_variant, model_name, v, str(weights), cache, repeats) for v in VARIANTS}
+    results = {v: _spawn(run_variant, model_name, v, str(weights), cache, repeats) for v in variants}
     reference = results["torch-fp32"]
-    upstream_total = results["upstream"].get("total")
+    upstream_total = results.get("upstream", {}).get("total")
     rows = []
-    for variant in VARIANTS:
+    for variant in variants:
         r = results[variant]
         if "error" in r:
             rows.append(f"| {model_name} | {variant} | n/a: {r['error'][:80]} | | | | | |")
@@ -192,7 +192,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["swin_t", "swin_l"], choices=sorted(CONFIGS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=None, help="keeps random weights between runs")
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS,
+                        help="rows to run (torch-fp32 is always run: it is the agreement reference); bf16 "
+                             "without AVX512-BF16/AMX is emulated and very slow")
     args = parser.parse_args()
+    variants = [v for v in VARIANTS if v in args.variants or v == "torch-fp32"]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-cpu-"))
     workdir.mkdir(parents=True, exist_ok=True)
     import openvino as ov
@@ -208,7 +212,7 @@ def main() -> None:
     ]
     rows = []
     for model_name in args.models:
-        rows.extend(bench_model(model_name, args.repeats, workdir))
+        rows.extend(bench_model(model_name, args.repeats, workdir, variants))
     print("\n".join(header + rows))
 
 

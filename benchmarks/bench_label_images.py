@@ -29,17 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mask2former.config import load_config
-from mask2former.config.build import build_model
 from mask2former.io import read_image
 from mask2former.labelling import LabelOptions, label_folder, model_identity
 from mask2former.predictor import Predictor
-from training.criterion import SetCriterion, prepare_targets, total_loss
 from training.data.synthetic import generate_dataset
-from training.data.synthetic_scene import render_scene
+from training.quick_fit import overfit_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs/safetybarrier/instance-segmentation/swin/tiny_cpu.yaml"
@@ -53,27 +50,6 @@ def make_export(root: Path, count: int, size: int) -> Path:
     shutil.copytree(paths.images["train"], export / "images")
     shutil.copyfile(paths.cvat_xml["train"], export / "annotations.xml")
     return export
-
-
-def fitted_model(cfg, steps: int, scenes: int = 6, seed: int = 0) -> torch.nn.Module:
-    """The config's model overfitted on a few synthetic scenes: crude, but its masks have the
-    size and count of real barrier predictions, which is what the labelling overhead depends on."""
-    torch.manual_seed(seed)
-    model = build_model(cfg).train()
-    criterion = SetCriterion.from_config(cfg, empty_weight=model.criterion.empty_weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    rendered = [render_scene(np.random.default_rng([seed, index]), 128, 160) for index in range(scenes)]
-    batch, _ = model.preprocess([torch.from_numpy(s.image.transpose(2, 0, 1).copy()).float() for s in rendered])
-    targets = prepare_targets([{"labels": torch.tensor([i.class_id for i in s.instances]),
-                                "masks": torch.from_numpy(np.stack([i.mask for i in s.instances]))}
-                               for s in rendered], tuple(batch.shape[-2:]))
-    for _ in range(steps):
-        loss = total_loss(criterion(model(batch), targets))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    return model.eval()
 
 
 def bare(predictor: Predictor, files: list[Path], batch_size: int) -> int:
@@ -128,7 +104,7 @@ def main() -> None:
     model, weights_note = None, weights
     if not weights:
         started = time.perf_counter()
-        model = fitted_model(cfg, args.fit_steps) if args.fit_steps else fitted_model(cfg, 0)
+        model = overfit_tiny_model(cfg, steps=args.fit_steps)
         weights_note = (f"fitted {args.fit_steps} steps ({time.perf_counter() - started:.0f} s)"
                         if args.fit_steps else "random weights")
     random_weights = not weights and not args.fit_steps

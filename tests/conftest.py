@@ -45,3 +45,13 @@ def tiny_cfg():
 def tiny_model(tiny_cfg):
     torch.manual_seed(0)
     return build_model(tiny_cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Training tests: the tiny model is hundreds of small ops per step, as fast on one thread, and
+    two spin-waiting OpenMP threads on a shared two-core machine were seen 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

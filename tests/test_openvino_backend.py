@@ -14,9 +14,9 @@ from mask2former.config import load_config
 from mask2former.config.build import build_model
 from mask2former.predictor import Predictor
 from mask2former.preprocess import normalize_and_pad, resize_image, resized_shape
+from training.quick_fit import overfit_tiny_model, synthetic_scenes
 
 from .conftest import SWIN_T_CONFIG
-from .trained_model import synthetic_scenes, train_tiny_model
 
 ov_backend = pytest.importorskip("mask2former.backends.openvino_backend")
 if not ov_backend.openvino_available():  # pragma: no cover - the openvino extra is not installed
@@ -102,7 +102,7 @@ EVAL_SIZE = (384, 480)  # frames 3x the network input: masks at frame resolution
 def trained(tiny_cfg):
     cfg = tiny_cfg.clone()
     cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", "128"])  # the network sees 128x160, as in training
-    return cfg, train_tiny_model(cfg)
+    return cfg, overfit_tiny_model(cfg)
 
 
 def test_torch_bf16_keeps_instances_of_a_trained_model(trained):

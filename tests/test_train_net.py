@@ -30,13 +30,7 @@ TINY_RUN = ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT
             "DATALOADER.NUM_WORKERS", "0", "SEED", "3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared two-core machine two spin-waiting OpenMP threads can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ from .conftest import TINY_CONFIG
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is hundreds of small ops per step: one thread is as fast, and immune to the
-    spin-wait slowdown of two OpenMP threads on a shared two-core machine (10x seen)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
