@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+from fvcore.common.config import CfgNode
 
 from mask2former.config import load_config
 from mask2former.cvat.xml_document import CvatDocument, LabelSpec
@@ -105,7 +106,7 @@ def generate_data(paths: DemoPaths, args: argparse.Namespace) -> None:
     shutil.rmtree(held_out)
 
 
-def training_config(paths: DemoPaths, seed: int):
+def training_config(paths: DemoPaths, seed: int) -> CfgNode:
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(paths.run), "SEED", str(seed),
             "DATASETS.REGISTER", str([["demo_train", str(paths.data / "annotations/instances_train.json"),
                                        str(paths.data / "images/train")],
@@ -118,7 +119,7 @@ def training_config(paths: DemoPaths, seed: int):
     return load_config(TINY_CONFIG, opts)
 
 
-def label_held_out(cfg, paths: DemoPaths, args: argparse.Namespace) -> LabelSummary:
+def label_held_out(cfg: CfgNode, paths: DemoPaths, args: argparse.Namespace) -> LabelSummary:
     weights = paths.run / "model_final.pth"
     predictor = Predictor(cfg, weights=weights, device="cpu", score_threshold=args.threshold)
     logger.info("labelling %s with %s (%s)", paths.to_label, weights, predictor.backend_description)
