@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from mask2former.config import load_config  # noqa: E402
 from mask2former.weights import default_cache_dir  # noqa: E402
-from training.data.synthetic import CLASS_NAMES, generate_dataset  # noqa: E402
+from training.data.synthetic import CLASS_NAMES, dataset_overrides, generate_dataset  # noqa: E402
 from training.engine import Trainer  # noqa: E402
 from training.environment import prepare_run, run_logging  # noqa: E402
 from training.plots import CURVES_FILE  # noqa: E402
@@ -113,12 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     data = synthetic_set(cache, args.seed, args.train, args.val, args.size)
     output = args.output or REPO / "output" / "bench_train_tiny" / datetime.now().strftime("%Y%m%d-%H%M%S")
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(output), "SEED", "0",
-            "DATASETS.REGISTER", str([["bench_train", str(data / "annotations/instances_train.json"),
-                                       str(data / "images/train")],
-                                      ["bench_val", str(data / "annotations/instances_val.json"),
-                                       str(data / "images/val")]]),
-            "DATASETS.TRAIN", "('bench_train',)", "DATASETS.TEST", "('bench_val',)",
-            "DATASETS.CLASS_NAMES", str(list(CLASS_NAMES)), *args.opts]
+            *dataset_overrides(data, "bench"), *args.opts]
     cfg = load_config(TINY_CONFIG, opts)
     if args.iterations:
         rescale_schedule(cfg, args.iterations)

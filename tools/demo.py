@@ -31,7 +31,7 @@ from mask2former.cvat.xml_document import CvatDocument, LabelSpec
 from mask2former.labelling import LabelOptions, label_folder, model_identity
 from mask2former.labelling.summary import LabelSummary
 from mask2former.predictor import Predictor
-from training.data.synthetic import CLASS_NAMES, generate_dataset
+from training.data.synthetic import CLASS_NAMES, dataset_overrides, generate_dataset
 from training.engine import train
 
 logger = logging.getLogger("barrier-demo")
@@ -108,12 +108,7 @@ def generate_data(paths: DemoPaths, args: argparse.Namespace) -> None:
 
 def training_config(paths: DemoPaths, seed: int) -> CfgNode:
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(paths.run), "SEED", str(seed),
-            "DATASETS.REGISTER", str([["demo_train", str(paths.data / "annotations/instances_train.json"),
-                                       str(paths.data / "images/train")],
-                                      ["demo_val", str(paths.data / "annotations/instances_val.json"),
-                                       str(paths.data / "images/val")]]),
-            "DATASETS.TRAIN", "('demo_train',)", "DATASETS.TEST", "('demo_val',)",
-            "DATASETS.CLASS_NAMES", str(list(CLASS_NAMES)),
+            *dataset_overrides(paths.data, "demo"),
             # One evaluation at the end; the budget decides the schedule.
             "TEST.EVAL_PERIOD", "0"]
     return load_config(TINY_CONFIG, opts)

@@ -37,6 +37,7 @@ __all__ = [
     "DatasetPaths",
     "SceneInstance",
     "SyntheticScene",
+    "dataset_overrides",
     "encode_segmentation",
     "generate_dataset",
     "image_shape",
@@ -270,6 +271,16 @@ def generate_dataset(
         logger.info("synthetic %s: %d images, %d instances (%s) -> %s", split, count, len(annotations),
                     ", ".join(f"{name} {per_class[name]}" for name in CLASS_NAMES), json_path)
     return paths
+
+
+def dataset_overrides(root: str | os.PathLike[str], prefix: str) -> list[str]:
+    """Config overrides that register ``root`` (as :func:`generate_dataset` wrote it) as
+    ``<prefix>_train`` / ``<prefix>_val`` and train and test on them with the synthetic classes."""
+    root = Path(root)
+    entries = [[f"{prefix}_{split}", str(root / f"annotations/instances_{split}.json"), str(root / "images" / split)]
+               for split in SPLITS]
+    return ["DATASETS.REGISTER", str(entries), "DATASETS.TRAIN", f"('{prefix}_train',)",
+            "DATASETS.TEST", f"('{prefix}_val',)", "DATASETS.CLASS_NAMES", str(list(CLASS_NAMES))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
