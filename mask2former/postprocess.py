@@ -12,7 +12,7 @@ formula as ``F.interpolate(mode="bilinear", align_corners=False)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +53,7 @@ def select_candidates(
 
 def _source_index(out_positions: torch.Tensor, in_size: int, out_size: int) -> tuple[torch.Tensor, ...]:
     """PyTorch's bilinear (align_corners=False) source indices and weights, in float32 as its kernel."""
-    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32, device=out_positions.device)
     source = ((out_positions.float() + 0.5) * scale - 0.5).clamp(min=0)
     low = source.long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
@@ -72,8 +72,9 @@ def _resample(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, in_s
     col_lo, col_hi, col_w0, col_w1 = _source_index(cols, in_size[1], out_size[1])
     row_lo, row_hi = row_lo - origin[0], row_hi - origin[0]
     col_lo, col_hi = col_lo - origin[1], col_hi - origin[1]
-    mixed = values[:, col_lo] * col_w0 + values[:, col_hi] * col_w1
-    return mixed[row_lo] * row_w0[:, None] + mixed[row_hi] * row_w1[:, None]
+    # index_select + in-place arithmetic: ~3x faster than advanced indexing, same values
+    mixed = values.index_select(1, col_lo).mul_(col_w0).add_(values.index_select(1, col_hi).mul_(col_w1))
+    return mixed.index_select(0, row_lo).mul_(row_w0[:, None]).add_(mixed.index_select(0, row_hi).mul_(row_w1[:, None]))
 
 
 def _positive_window(low_res: torch.Tensor, geometry: ResizeGeometry, stride: int) -> tuple[int, int, int, int] | None:
@@ -95,34 +96,52 @@ def _positive_window(low_res: torch.Tensor, geometry: ResizeGeometry, stride: in
 
 def masks_in_windows(
     mask_logits: torch.Tensor, geometry: ResizeGeometry
-) -> list[tuple[tuple[int, int, int, int], torch.Tensor] | None]:
-    """Full-resolution mask logits of each query, only inside its positive window.
+) -> Iterator[tuple[tuple[int, int, int, int], torch.Tensor] | None]:
+    """Full-resolution mask logits of each query, only inside its positive window (one query at a
+    time, so a caller that keeps only the binary mask never holds two float windows).
 
     Two resampling stages, as upstream: low-res -> padded input (crop to the unpadded input),
     then input -> original size (skipped when the sizes are equal, as upstream's is an identity).
     """
     low_h, low_w = mask_logits.shape[-2:]
     stride_y = geometry.padded_size[0] // low_h
-    results: list = []
     for logits in mask_logits.float():
         window = _positive_window(logits, geometry, stride_y)
         if window is None:
-            results.append(None)
+            yield None
             continue
         y0, y1, x0, x1 = window
-        out_rows = torch.arange(y0, y1)
-        out_cols = torch.arange(x0, x1)
+        out_rows = torch.arange(y0, y1, device=logits.device)
+        out_cols = torch.arange(x0, x1, device=logits.device)
         if geometry.output_size == geometry.input_size:
             values = _resample(logits, out_rows, out_cols, (low_h, low_w), geometry.padded_size)
         else:
             row_lo, row_hi, _, _ = _source_index(out_rows, geometry.input_size[0], geometry.output_size[0])
             col_lo, col_hi, _, _ = _source_index(out_cols, geometry.input_size[1], geometry.output_size[1])
             r0, c0 = int(row_lo.min()), int(col_lo.min())
-            middle = _resample(logits, torch.arange(r0, int(row_hi.max()) + 1),
-                               torch.arange(c0, int(col_hi.max()) + 1), (low_h, low_w), geometry.padded_size)
+            middle = _resample(logits, torch.arange(r0, int(row_hi.max()) + 1, device=logits.device),
+                               torch.arange(c0, int(col_hi.max()) + 1, device=logits.device), (low_h, low_w),
+                               geometry.padded_size)
             values = _resample(middle, out_rows, out_cols, geometry.input_size, geometry.output_size, (r0, c0))
-        results.append(((y0, y1, x0, x1), values))
-    return results
+        yield (y0, y1, x0, x1), values
+
+
+def _binary_mask(
+    entry: tuple[tuple[int, int, int, int], torch.Tensor] | None,
+) -> tuple[tuple[int, int, int, int], np.ndarray, float] | None:
+    """``(window, logits)`` -> ``(window, logits > 0, mean probability inside the mask)``, as upstream
+    scores a mask; None when no pixel is positive."""
+    if entry is None:
+        return None
+    window, logits = entry
+    positive = logits > 0
+    count = int(positive.sum())
+    if count == 0:
+        return None
+    # sum of sigmoid over positive pixels = sum(max(p - 0.5, 0)) + 0.5 * count (p > 0.5 <=> logit > 0),
+    # in place on the logits (no longer needed): no second full-window temporary
+    inside = float(logits.sigmoid_().sub_(0.5).clamp_(min=0).sum()) + 0.5 * count
+    return window, positive.cpu().numpy(), inside / (count + _SCORE_EPS)
 
 
 def instances_from_outputs(
@@ -139,35 +158,30 @@ def instances_from_outputs(
     possible = class_scores >= score_threshold
     class_scores, class_ids, queries = class_scores[possible], class_ids[possible], queries[possible]
     unique_queries, inverse = torch.unique(queries, return_inverse=True)
-    windows = masks_in_windows(mask_logits[unique_queries], geometry)
+    # mask and mask score depend on the query only: computed once even if it ranks for two classes
+    query_masks = [_binary_mask(entry) for entry in masks_in_windows(mask_logits[unique_queries], geometry)]
 
-    out_h, out_w = geometry.output_size
-    kept_scores, kept_ids, kept_masks = [], [], []
+    kept: list[tuple[float, int, tuple[tuple[int, int, int, int], np.ndarray]]] = []
     for index in range(len(queries)):
-        entry = windows[int(inverse[index])]
+        entry = query_masks[int(inverse[index])]
         if entry is None:
             continue
-        (y0, y1, x0, x1), values = entry
-        positive = values > 0
-        count = int(positive.sum())
-        mask_score = float((values.sigmoid() * positive).sum()) / (count + _SCORE_EPS)
+        window, positive, mask_score = entry
         score = float(class_scores[index]) * mask_score
-        if count == 0 or score < score_threshold:
-            continue
-        full = np.zeros((out_h, out_w), dtype=bool)
-        full[y0:y1, x0:x1] = positive.numpy()
-        kept_scores.append(score)
-        kept_ids.append(int(class_ids[index]))
-        kept_masks.append(full)
-    if not kept_scores:
+        if score >= score_threshold:
+            kept.append((score, int(class_ids[index]), (window, positive)))
+    if not kept:
         return Instances.empty(geometry.output_size, class_names)
-    order = np.argsort(-np.asarray(kept_scores, dtype=np.float64), kind="stable")
-    masks = np.stack(kept_masks)[order]
+    order = np.argsort(-np.asarray([k[0] for k in kept], dtype=np.float64), kind="stable")
+    masks = np.zeros((len(kept), *geometry.output_size), dtype=bool)
+    for row, i in enumerate(order):
+        (y0, y1, x0, x1), positive = kept[i][2]
+        masks[row, y0:y1, x0:x1] = positive
     return Instances(
         image_size=geometry.output_size,
         masks=masks,
-        scores=np.asarray(kept_scores, dtype=np.float32)[order],
-        class_ids=np.asarray(kept_ids, dtype=np.int64)[order],
+        scores=np.asarray([kept[i][0] for i in order], dtype=np.float32),
+        class_ids=np.asarray([kept[i][1] for i in order], dtype=np.int64),
         boxes=boxes_from_masks(masks),
         class_names=tuple(class_names),
     )

@@ -139,8 +139,8 @@ class Predictor:
         tensors = [torch.from_numpy(np.ascontiguousarray(i.transpose(2, 0, 1))).float() for i in inputs]
         with torch.inference_mode():
             batch, sizes = normalize_and_pad(tensors, self.pixel_mean, self.pixel_std, self.size_divisibility)
+            # post-processing runs where the logits are (on a GPU: only kept masks come back, as bool)
             class_logits, mask_logits = self.runner(batch)
-            class_logits, mask_logits = class_logits.cpu(), mask_logits.cpu()
             padded = (int(batch.shape[-2]), int(batch.shape[-1]))
             return [
                 instances_from_outputs(

@@ -13,12 +13,16 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(path: str | Path, mode: str = "wb", *, sync_data: bool = True,
+                sync_directory: bool = True) -> Iterator[IO[Any]]:
     """Write to a temp file beside ``path``, fsync, then ``os.replace``; on error the target is untouched.
 
     The result keeps an existing file's permission bits (a new file gets ``0o666`` less the umask,
     as a plain ``open`` would, not ``mkstemp``'s 0600), and the directory is fsynced so the
-    rename itself survives a crash.
+    rename itself survives a crash. The rename alone already protects against a killed process;
+    the fsyncs protect against a power cut, and callers that can lose a file to one (a file that is
+    redone when missing) turn them off: ``sync_data=False`` can leave an empty file after a power
+    cut, ``sync_directory=False`` only the old one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,14 +36,16 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync_data:
+                os.fsync(handle.fileno())
         os.chmod(tmp_name, permissions)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(path.parent)
+    if sync_directory:
+        _fsync_directory(path.parent)
 
 
 def _umask() -> int:
@@ -64,8 +70,8 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2) -> None:
-    with atomic_open(path, "w") as handle:
+def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, sync_directory: bool = True) -> None:
+    with atomic_open(path, "w", sync_directory=sync_directory) as handle:
         json.dump(data, handle, indent=indent)
         handle.write("\n")
 

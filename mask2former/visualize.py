@@ -20,18 +20,18 @@ def class_color(class_id: int) -> tuple[int, int, int]:
 
 def draw_instances(image: np.ndarray, instances: Instances, *, alpha: float = 0.45) -> np.ndarray:
     """RGB image with each mask tinted in its class colour, outlined, and labelled with its score."""
-    # Work inside each instance's box: a batch labelling run draws every frame, and full-frame
-    # boolean indexing per instance costs more than the encoding of all its shapes.
-    canvas = image.astype(np.float32)
-    for index in range(len(instances)):
+    # One colour layer (inside each instance's box: a batch labelling run draws every frame), then
+    # one blend: where masks overlap, the higher-scoring instance's colour shows.
+    tint = image.copy()
+    covered = np.zeros(image.shape[:2], dtype=bool)
+    for index in reversed(range(len(instances))):
         crop, (x0, y0, x1, y1) = instances.mask_crop(index)
         if crop.size == 0:
             continue
-        region, where = canvas[y0:y1, x0:x1], crop[:, :, None]
-        color = np.array(class_color(int(instances.class_ids[index])), dtype=np.float32)
-        np.multiply(region, np.float32(1 - alpha), out=region, where=where)
-        np.add(region, color * np.float32(alpha), out=region, where=where)
-    canvas = canvas.clip(0, 255).astype(np.uint8)
+        tint[y0:y1, x0:x1][crop] = class_color(int(instances.class_ids[index]))
+        covered[y0:y1, x0:x1] |= crop
+    canvas = image.copy()
+    np.copyto(canvas, cv2.addWeighted(image, 1 - alpha, tint, alpha, 0), where=covered[:, :, None])
     scale = max(0.35, min(canvas.shape[:2]) / 900)
     thickness = max(1, round(scale * 2))
     for index in range(len(instances)):

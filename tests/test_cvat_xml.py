@@ -359,3 +359,25 @@ def test_new_files_get_umask_permissions_not_mkstemps(tmp_path: Path) -> None:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "new.xml").stat().st_mode) == 0o640
     assert (tmp_path / "new.xml").read_bytes() == b"<annotations/>"
+
+
+def test_only_power_cut_safety_is_optional(tmp_path: Path, monkeypatch) -> None:
+    """Without fsyncs a write is still atomic (temp file + rename); with them, the data and then
+    the directory are synced. The labelling run skips them only for what it can redo."""
+    from mask2former import utils
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(utils.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                      real_fsync(fd)))
+    target = tmp_path / "out.json"
+    utils.atomic_write_json(target, {"a": 1})
+    assert synced[0].startswith(str(tmp_path / ".out.json.")) and synced[1:] == [str(tmp_path)]
+    synced.clear()
+    utils.atomic_write_json(target, {"a": 2}, sync_directory=False)
+    assert len(synced) == 1 and synced[0].startswith(str(tmp_path / ".out.json."))
+    synced.clear()
+    with utils.atomic_open(target, "w", sync_data=False, sync_directory=False) as handle:
+        handle.write('{"a": 3}')
+    assert synced == [] and target.read_text() == '{"a": 3}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

@@ -93,7 +93,9 @@ class OutputFolder:
 
     def write_record(self, record: PredictionRecord) -> Path:
         path = self.record_path(record.image)
-        atomic_write_json(path, record.to_json(), indent=None)
+        # data fsynced (a record that survives a power cut is complete), the rename not: a record
+        # lost with it is only predicted again, as annotations.xml is rebuilt from the records
+        atomic_write_json(path, record.to_json(), indent=None, sync_directory=False)
         return path
 
     # --- visuals ---------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class OutputFolder:
         ok, encoded = cv2.imencode(path.suffix.lower(), np.ascontiguousarray(rgb[:, :, ::-1]))
         if not ok:
             raise OSError(f"could not encode the overlay of {name!r} as {path.suffix}")
-        with atomic_open(path, "wb") as handle:
+        with atomic_open(path, "wb", sync_data=False, sync_directory=False) as handle:  # a picture only
             handle.write(encoded.tobytes())
         return path
 
