@@ -3,8 +3,9 @@
 Random weights, a 1080x1920 synthetic frame resized to short side 800 (800x1422, padded to
 800x1440), as the CPU benchmark. Per row: the network alone (CUDA-synchronised, median of
 ``--repeats``), end-to-end per image through ``Predictor.predict_batch`` (decode-free: the frame
-is already an array; resize, normalise, network, copy back, post-processing of 20 kept
-instances), and peak GPU memory. Needs a CUDA device; prints one markdown table.
+is already an array; resize and normalise on the CPU, network and post-processing of 20 kept
+instances on the GPU, the bool masks copied back), and peak GPU memory. Needs a CUDA device;
+prints one markdown table.
 
     python benchmarks/bench_gpu.py [--models swin_t swin_l] [--batches 1 8] [--precisions fp32 fp16 bf16]
 """

@@ -97,8 +97,8 @@ def _positive_window(low_res: torch.Tensor, geometry: ResizeGeometry, stride: in
 def masks_in_windows(
     mask_logits: torch.Tensor, geometry: ResizeGeometry
 ) -> Iterator[tuple[tuple[int, int, int, int], torch.Tensor] | None]:
-    """Full-resolution mask logits of each query, only inside its positive window (one query at a
-    time, so a caller that keeps only the binary mask never holds two float windows).
+    """Full-resolution mask logits of each query, only inside its positive window, one query at a
+    time: a caller that keeps only the binary masks holds a window or two in float, not all of them.
 
     Two resampling stages, as upstream: low-res -> padded input (crop to the unpadded input),
     then input -> original size (skipped when the sizes are equal, as upstream's is an identity).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 
 import numpy as np
@@ -241,3 +242,20 @@ def test_cache_hit_skips_the_torch_model_and_damaged_entries_are_rebuilt(tiny_cf
     torch.save({"model": state}, other)
     Predictor(cfg, weights=other, backend="openvino", precision="fp32")
     assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p.name != "compiled"]) == 2
+
+
+def test_file_digests_are_memoised_until_the_file_changes(tmp_path, monkeypatch):
+    """A cold start compares the cache entry's stat, not a fresh SHA-256 of an ~800 MB Swin-L model.bin."""
+    import hashlib
+
+    from mask2former.backends import ir_cache
+
+    memo, data = tmp_path / "digests.json", tmp_path / "model.bin"
+    data.write_bytes(b"weights v1")
+    assert ir_cache.file_digest(data, memo=memo) == hashlib.sha256(b"weights v1").hexdigest()
+    with monkeypatch.context() as patch:
+        patch.setattr(ir_cache, "_sha256", lambda path: pytest.fail("hashed an unchanged file again"))
+        assert ir_cache.file_digest(data, memo=memo) == hashlib.sha256(b"weights v1").hexdigest()
+    data.write_bytes(b"weights v2, rewritten")  # another size: file times can tick coarser than this test
+    assert ir_cache.file_digest(data, memo=memo) == hashlib.sha256(b"weights v2, rewritten").hexdigest()
+    assert len(json.loads(memo.read_text())) == 1  # the old version's line was dropped

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 EXPORT_POLICY = "dynamic-bhw-v1"  # bump when the export changes in a way the key cannot see
 _MANIFEST = "manifest.json"
 _XML, _BIN = "model.xml", "model.bin"
+_DIGESTS = "digests.json"
 
 
 def default_cache_dir() -> Path:
@@ -37,20 +38,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BARRIER_OV_CACHE") or base() / "openvino")
 
 
-def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes, memoised beside the cache by (path, size, mtime)."""
+def file_digest(path: str | Path, memo: Path | None = None) -> str:
+    """SHA-256 of a file's bytes, memoised in ``memo`` (default: beside the cache) by the file's
+    (path, inode, size, mtime, ctime): a rewritten file is hashed again, an unchanged one is not."""
     path = Path(path).resolve()
     stat = path.stat()
-    memo = default_cache_dir() / "digests.json"
-    token = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    memo = memo or default_cache_dir() / _DIGESTS
+    token = f"{path}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
     known = _read_json(memo) or {}
     if token in known:
         return known[token]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    known[token] = digest.hexdigest()
+    known = {name: digest for name, digest in known.items() if not name.startswith(f"{path}:")}
+    known[token] = _sha256(path)
     with contextlib.suppress(OSError):
         from ..utils import atomic_write_json
 
@@ -87,8 +86,13 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Streamed: a Swin-L model.bin is ~800 MB, not to be read into memory at every start."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ConvertedModelCache:
@@ -127,7 +131,8 @@ class ConvertedModelCache:
             path = entry / name
             if not path.is_file():
                 return f"{name} missing"
-            if manifest.get("sha256", {}).get(name) != _sha256(path):
+            # hashed once per version of the file: a later start only compares its stat
+            if manifest.get("sha256", {}).get(name) != file_digest(path, memo=self.root / _DIGESTS):
                 return f"{name} checksum mismatch"
         return None
 
