@@ -22,6 +22,7 @@ def draw_instances(image: np.ndarray, instances: Instances, *, alpha: float = 0.
     """RGB image with each mask tinted in its class colour, outlined, and labelled with its score."""
     # One colour layer (inside each instance's box: a batch labelling run draws every frame), then
     # one blend: where masks overlap, the higher-scoring instance's colour shows.
+    image = np.ascontiguousarray(image, dtype=np.uint8)  # OpenCV wants plain uint8 arrays
     tint = image.copy()
     covered = np.zeros(image.shape[:2], dtype=bool)
     for index in reversed(range(len(instances))):
