@@ -30,28 +30,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from model_configs import CONFIGS, FRAME, benchmark_frame
 from upstream_sampling import upstream_deformable_sample
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {
-    "tiny": "configs/safetybarrier/instance-segmentation/swin/tiny_cpu.yaml",
-    "swin_t": "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
-    "swin_l": "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml",
-}
 VARIANTS = ["upstream", "torch-fp32", "torch-bf16", "openvino-fp32", "openvino-bf16"]
-FRAME = (1080, 1920)
 KEPT = 20
 
 
 def _opts(cache: str) -> list[str]:
     return ["INPUT.MIN_SIZE_TEST", "800", "INPUT.MAX_SIZE_TEST", "1440", "TEST.DETECTIONS_PER_IMAGE", str(KEPT),
             "DEPLOY.CACHE_DIR", cache]
-
-
-def _frame() -> np.ndarray:
-    from training.data.synthetic import render_scene
-
-    return render_scene(np.random.default_rng(7), *FRAME).image
 
 
 def run_variant(model_name: str, variant: str, weights: str, cache: str, repeats: int, queue: mp.Queue) -> None:
@@ -65,8 +53,8 @@ def run_variant(model_name: str, variant: str, weights: str, cache: str, repeats
     from mask2former.predictor import Predictor
     from mask2former.preprocess import normalize_and_pad, resize_image, resized_shape
 
-    image = _frame()
-    cfg = load_config(REPO / CONFIGS[model_name], _opts(cache))
+    image = benchmark_frame()
+    cfg = load_config(CONFIGS[model_name], _opts(cache))
     backend, _, precision = variant.partition("-")
     if variant == "upstream":
         backend, precision = "torch", "fp32"
@@ -117,7 +105,7 @@ def _cold_start(model_name: str, weights: str, cache: str) -> float:
         "import time; start = time.perf_counter()\n"
         "from mask2former.config import load_config; from mask2former.predictor import Predictor\n"
         "import numpy as np\n"
-        f"cfg = load_config({str(REPO / CONFIGS[model_name])!r}, {_opts(cache)!r})\n"
+        f"cfg = load_config({str(CONFIGS[model_name])!r}, {_opts(cache)!r})\n"
         f"p = Predictor(cfg, weights={weights!r}, backend='openvino', precision='auto', score_threshold=0.5)\n"
         f"p(np.zeros(({FRAME[0]}, {FRAME[1]}, 3), np.uint8))\n"
         "print(time.perf_counter() - start)\n"
@@ -157,7 +145,7 @@ def bench_model(model_name: str, repeats: int, workdir: Path, variants: list[str
     torch.manual_seed(0)
     weights = workdir / f"{model_name}_random.pth"
     if not weights.exists():
-        model = build_model(load_config(REPO / CONFIGS[model_name], ["MODEL.WEIGHTS", ""]))
+        model = build_model(load_config(CONFIGS[model_name], ["MODEL.WEIGHTS", ""]))
         torch.save({"model": model.state_dict()}, weights)
         del model
     cache = str(workdir / f"cache_{model_name}")

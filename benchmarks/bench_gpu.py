@@ -16,32 +16,19 @@ import argparse
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from model_configs import CONFIGS, FRAME, benchmark_frame
 
 from mask2former.config import load_config
 from mask2former.config.build import build_model
 from mask2former.predictor import Predictor
 from mask2former.preprocess import normalize_and_pad, resize_image, resized_shape
 
-REPO = Path(__file__).resolve().parents[1]
-
-CONFIGS = {
-    "swin_t": "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
-    "swin_l": "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml",
-}
+MODELS = ("swin_t", "swin_l")
 OPTS = ["MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "800", "INPUT.MAX_SIZE_TEST", "1440",
         "TEST.DETECTIONS_PER_IMAGE", "20"]
-FRAME = (1080, 1920)
-
-
-def _frame() -> np.ndarray:
-    from training.data.synthetic import render_scene
-
-    return render_scene(np.random.default_rng(7), *FRAME).image
-
 
 def _timed(fn, repeats: int) -> float:
     """Median seconds of ``fn`` after two warm-up calls (cuDNN autotuning, allocator)."""
@@ -73,7 +60,7 @@ def bench_row(predictor: Predictor, frame: np.ndarray, batch_size: int, repeats:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "bf16"], choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--repeats", type=int, default=10)
@@ -82,14 +69,14 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu needs a CUDA device")
     torch.backends.cudnn.benchmark = True
-    frame = _frame()
+    frame = benchmark_frame()
     lines = [f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}; frame {FRAME[0]}x{FRAME[1]} -> "
              f"800x1422 (padded 800x1440), 20 kept instances, random weights, median of {args.repeats}",
              "", "| model | precision | batch | network ms/img | end-to-end ms/img | img/s end-to-end | "
              "peak GPU GB |", "|---|---|---|---|---|---|---|"]
     for name in args.models:
         torch.manual_seed(0)
-        cfg = load_config(REPO / CONFIGS[name], OPTS)
+        cfg = load_config(CONFIGS[name], OPTS)
         model = build_model(cfg).eval()
         for precision in args.precisions:
             predictor = Predictor(cfg, model=model, device="cuda", backend="torch", precision=precision,

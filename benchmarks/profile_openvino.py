@@ -13,17 +13,11 @@ import argparse
 import collections
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from model_configs import CONFIGS
 from upstream_sampling import upstream_deformable_sample
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {
-    "tiny": "configs/safetybarrier/instance-segmentation/swin/tiny_cpu.yaml",
-    "swin_t": "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
-    "swin_l": "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml",
-}
 PARTS = ("backbone", "pixel_decoder", "predictor")
 
 
@@ -79,7 +73,7 @@ def main() -> None:
     from mask2former.modeling.pixel_decoder import ms_deform_attn
 
     torch.manual_seed(0)
-    model = build_model(load_config(REPO / CONFIGS[args.config], ["MODEL.WEIGHTS", ""])).eval()
+    model = build_model(load_config(CONFIGS[args.config], ["MODEL.WEIGHTS", ""])).eval()
     product_sampling = ms_deform_attn.deformable_sample
     results = {}
     for label, sampler in (("before (stack all levels)", upstream_deformable_sample),
