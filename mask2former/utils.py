@@ -1,13 +1,15 @@
-"""Crash-safe file writes: a reader sees the old file or the new one, never half of either."""
+"""Crash-safe file writes (a reader sees the old file or the new one, never half of either) and
+strict JSON (no bare ``NaN``/``Infinity``, which JSON does not have and strict parsers reject)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,9 +72,34 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, in dicts, lists and tuples.
+
+    Python's ``json`` writes NaN as a bare ``NaN`` token by default: not JSON, and metrics hold
+    NaN wherever there was nothing to measure (COCO AP of an absent class or size).
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def dumps_json(data: Any, **options: Any) -> str:
+    """``json.dumps`` for every JSON the product writes: non-finite numbers become null.
+
+    Reading stays lenient (``json.loads`` accepts the ``NaN`` that older files hold).
+    """
+    return json.dumps(json_ready(data), allow_nan=False, **options)
+
+
 def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, sync_directory: bool = True) -> None:
+    """Strict JSON (see :func:`dumps_json`), written atomically."""
+    text = dumps_json(data, indent=indent)  # before opening: a value JSON cannot hold leaves the old file
     with atomic_open(path, "w", sync_directory=sync_directory) as handle:
-        json.dump(data, handle, indent=indent)
+        handle.write(text)
         handle.write("\n")
 
 

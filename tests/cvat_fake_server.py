@@ -9,9 +9,24 @@ deserialisers validate what they receive exactly as with a real server. Endpoint
     GET  /api/users/self                       User (MetaUser)
     GET  /api/projects/{id}, /api/tasks/{id}   ProjectRead, TaskRead
     GET  /api/jobs?project_id|task_id|stage|state|type|page|page_size   PaginatedJobReadList
+    GET, PATCH /api/jobs/{id}                  JobRead; PATCH takes stage and/or state
+    DELETE /api/jobs/{id}                      400, as CVAT: only ground-truth jobs can be removed
+    DELETE /api/tasks/{id}                     204; the task's jobs go with it
     POST /api/jobs/{id}/dataset/export?format&save_images   202 RqId
     GET  /api/requests/{rq_id}                 Request: "started" on the first poll, then "finished"
     GET  /api/jobs/{id}/dataset/download?rq_id   the job's export zip
+    POST/PATCH/HEAD /api/{jobs,tasks}/{id}/annotations/...   "CVAT 1.1" upload (cvat-sdk's TUS
+                                               protocol: Upload-Start, create, chunks, Upload-Finish)
+
+Habits of a real CVAT (2.73) that it copies, because code that works against a too-tidy fake
+broke against the real one:
+
+- every export lists each image's shapes in another order than the job's previous export did
+  (deterministically: by the export's number), as a real re-export after an edit did;
+- an upload *replaces* the annotations of the job's (task's) images, and its shapes come back
+  with ``source="file"`` whatever the file said;
+- updating a job's stage without a state sets the state to "new" (CVAT's JobWriteSerializer);
+  every change moves the job's ``updated_date`` forward.
 
 Faults are injected per (method, path prefix): an HTTP status, a connection dropped before any
 response, a body cut off after half its bytes (with or without Content-Length), or garbage.
@@ -19,15 +34,17 @@ response, a body cut off after half its bytes (with or without Content-Length), 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import random
 import re
 import secrets
 import threading
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,6 +53,9 @@ from xml.etree import ElementTree as ET
 
 from cvat_sdk.api_client import models
 from cvat_sdk.api_client.model_utils import to_json
+from defusedxml.ElementTree import fromstring as parse_xml
+
+from mask2former.cvat.xml_shapes import SHAPE_TAGS
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -50,6 +70,51 @@ def export_zip(annotations_xml: bytes, images: Mapping[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def _unpack(export: bytes) -> tuple[ET.Element, dict[str, bytes]]:
+    with zipfile.ZipFile(io.BytesIO(export)) as archive:
+        root = parse_xml(archive.read("annotations.xml"))
+        images = {name[len("images/"):]: archive.read(name) for name in archive.namelist()
+                  if name.startswith("images/") and not name.endswith("/")}
+    return root, images
+
+
+def _shape_children(image: ET.Element) -> list[ET.Element]:
+    return [child for child in image if child.tag in SHAPE_TAGS]
+
+
+def reordered(export: bytes, number: int) -> bytes:
+    """The job's ``number``-th export: each image's shapes shuffled, then rotated by ``number``, so
+    that consecutive exports of a job never list an image's shapes (two or more) in the same order."""
+    root, images = _unpack(export)
+    for image in root.iter("image"):
+        shapes = _shape_children(image)
+        if len(shapes) < 2:
+            continue
+        order = list(shapes)
+        random.Random(image.get("name")).shuffle(order)
+        turn = number % len(order)
+        order = order[turn:] + order[:turn]
+        for shape in shapes:
+            image.remove(shape)
+        image.extend(order)
+    ET.indent(root)
+    return export_zip(ET.tostring(root, encoding="utf-8"), images)
+
+
+def with_uploaded(export: bytes, uploaded: ET.Element) -> bytes:
+    """The export after a "CVAT 1.1" upload: every image's annotations replaced, as ``source="file"``."""
+    root, images = _unpack(export)
+    by_name = {image.get("name"): image for image in uploaded.iter("image")}
+    for image in root.iter("image"):
+        for shape in _shape_children(image):
+            image.remove(shape)
+        for shape in _shape_children(by_name.get(image.get("name"), ET.Element("image"))):
+            shape.set("source", "file")
+            image.append(shape)
+    ET.indent(root)
+    return export_zip(ET.tostring(root, encoding="utf-8"), images)
+
+
 @dataclass
 class FakeJob:
     id: int
@@ -60,6 +125,7 @@ class FakeJob:
     stage: str = "acceptance"
     state: str = "completed"
     updated: datetime = EPOCH
+    exports: int = 0  # export requests so far: each one's number orders its shapes
 
 
 @dataclass
@@ -100,7 +166,9 @@ class FakeCvat:
         self.faults: list[Fault] = []
         self.log: list[Logged] = []
         self.sessions: set[str] = set()
+        self.clock = EPOCH + timedelta(days=100)  # updated_date of the next change
         self._requests: dict[str, dict[str, Any]] = {}
+        self._uploads: dict[str, bytearray] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -133,6 +201,37 @@ class FakeCvat:
         self.jobs[job_id] = job
         return job
 
+    def tick(self) -> datetime:
+        """The ``updated_date`` of a change made now (later than every earlier one)."""
+        with self._lock:
+            self.clock += timedelta(minutes=1)
+            return self.clock
+
+    def update_job(self, job_id: int, *, stage: str | None = None, state: str | None = None) -> FakeJob:
+        """What ``PATCH /api/jobs/{id}`` does: a new stage without a state resets the state to "new"."""
+        job = self.jobs[job_id]
+        new_stage = stage or job.stage
+        job.state = state or ("new" if new_stage != job.stage else job.state)
+        job.stage = new_stage
+        job.updated = self.tick()
+        return job
+
+    def delete_task(self, task_id: int) -> None:
+        """``DELETE /api/tasks/{id}``: the task and its jobs are gone."""
+        del self.tasks[task_id]
+        for job_id in [j.id for j in self.jobs.values() if j.task_id == task_id]:
+            del self.jobs[job_id]
+
+    def upload(self, target: str, object_id: int, annotations: ET.Element) -> None:
+        """A "CVAT 1.1" upload to a job or a task: replaces the annotations of its jobs' images."""
+        jobs = [self.jobs[object_id]] if target == "job" else \
+            [job for job in self.jobs.values() if job.task_id == object_id]
+        if target == "task" and object_id not in self.tasks:
+            raise KeyError(object_id)
+        for job in jobs:
+            job.export = with_uploaded(job.export, annotations)
+            job.updated = self.tick()
+
     def requests_to(self, method: str, prefix: str) -> list[Logged]:
         return [entry for entry in self.log if entry.method == method and entry.path.startswith(prefix)]
 
@@ -154,7 +253,9 @@ class FakeCvat:
             url=f"{base}/api/jobs/{job.id}", id=job.id, task_id=task.id, task_name=task.name,
             project_id=task.project_id, project_name=self.projects.get(task.project_id),
             assignee=None, guide_id=None, dimension="2d", mode="annotation", media_type="image",
-            bug_tracker=None, status="annotation", stage=job.stage, state=job.state,
+            bug_tracker=None, status="annotation" if job.stage == "annotation" else
+            "completed" if (job.stage, job.state) == ("acceptance", "completed") else "validation",
+            stage=job.stage, state=job.state,
             frame_count=job.stop_frame - job.start_frame + 1, start_frame=job.start_frame,
             stop_frame=job.stop_frame, data_chunk_size=36, data_compressed_chunk_type="imageset",
             data_original_chunk_type="imageset", created_date=EPOCH, updated_date=job.updated,
@@ -192,21 +293,37 @@ class FakeCvat:
         state = self._requests[rq_id]
         state["polls"] += 1
         finished = state["polls"] > 1
-        job_id = state["job_id"]
+        export = state["type"] == "export:dataset"
+        job_id, task_id = state.get("job_id"), state.get("task_id")
         return models.Request._from_openapi_data(
             status=models.RequestStatus("finished" if finished else "started"), id=rq_id,
             operation=models.RequestDataOperation._from_openapi_data(
-                type="export:dataset", target="job", project_id=None, task_id=self.jobs[job_id].task_id,
-                job_id=job_id, format=state["format"], function_id=None),
+                type=state["type"], target="job" if job_id is not None else "task", project_id=None,
+                task_id=task_id, job_id=job_id, format=state["format"], function_id=None),
             created_date=EPOCH, message="", progress=1.0 if finished else 0.5, started_date=EPOCH,
             finished_date=EPOCH if finished else None, expiry_date=None,
             owner=models.RequestOwner._from_openapi_data(id=1, username="alice", _spec_property_naming=True),
-            result_url=f"{self.url}/api/jobs/{job_id}/dataset/download?rq_id={rq_id}" if finished else None,
-            result_id=None)
+            result_url=f"{self.url}/api/jobs/{job_id}/dataset/download?rq_id={rq_id}" if finished and export
+            else None, result_id=None)
 
     def new_export(self, job_id: int, format_name: str) -> str:
         rq_id = f"export:job-{job_id}-dataset-{secrets.token_hex(4)}"
-        self._requests[rq_id] = {"job_id": job_id, "format": format_name, "polls": 0}
+        with self._lock:
+            self.jobs[job_id].exports += 1
+            number = self.jobs[job_id].exports
+        self._requests[rq_id] = {"type": "export:dataset", "job_id": job_id, "task_id": self.jobs[job_id].task_id,
+                                 "format": format_name, "polls": 0, "number": number}
+        return rq_id
+
+    def export_bytes(self, job_id: int, rq_id: str) -> bytes:
+        """The download of one export request: the job's annotations, shapes in this export's order."""
+        return reordered(self.jobs[job_id].export, self._requests[rq_id]["number"])
+
+    def new_import(self, target: str, object_id: int, format_name: str) -> str:
+        rq_id = f"import:{target}-{object_id}-annotations-{secrets.token_hex(4)}"
+        task_id = object_id if target == "task" else self.jobs[object_id].task_id
+        self._requests[rq_id] = {"type": "import:annotations", "format": format_name, "polls": 0,
+                                 "task_id": task_id, "job_id": object_id if target == "job" else None}
         return rq_id
 
 
@@ -226,6 +343,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch("POST")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
 
     # ------------------------------------------------------------------ plumbing
     def _dispatch(self, method: str) -> None:
@@ -304,9 +430,23 @@ class _Handler(BaseHTTPRequestHandler):
                 raise KeyError(path)
             return 200, _json(cvat.project_model(project_id)), {}
         if match := re.fullmatch(r"/api/tasks/(\d+)", path):
-            return 200, _json(cvat.task_model(cvat.tasks[int(match[1])])), {}
+            task = cvat.tasks[int(match[1])]
+            if method == "DELETE":
+                cvat.delete_task(task.id)
+                return 204, b"", {}
+            return 200, _json(cvat.task_model(task)), {}
         if method == "GET" and path == "/api/jobs":
             return 200, self._jobs_page(query), {}
+        if match := re.fullmatch(r"/api/jobs/(\d+)", path):
+            job = cvat.jobs[int(match[1])]
+            if method == "DELETE":
+                return 400, json.dumps(["Only ground truth jobs can be removed"]).encode(), {}
+            if method == "PATCH":
+                fields = json.loads(body or b"{}")
+                cvat.update_job(job.id, stage=fields.get("stage"), state=fields.get("state"))
+            return 200, _json(cvat.job_model(job)), {}
+        if match := re.fullmatch(r"/api/(jobs|tasks)/(\d+)/annotations/?(\w*)", path):
+            return self._upload(method, match[1][:-1], int(match[2]), match[3], query, body)
         if method == "POST" and (match := re.fullmatch(r"/api/jobs/(\d+)/dataset/export", path)):
             job_id = int(match[1])
             if job_id not in cvat.jobs:
@@ -319,9 +459,41 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, _json(cvat.request_model(match[1])), {}
         if method == "GET" and (match := re.fullmatch(r"/api/jobs/(\d+)/dataset/download", path)):
             job = cvat.jobs[int(match[1])]
-            return 200, job.export, {"Content-Type": "application/zip",
-                                     "Content-Disposition": f'attachment; filename="job_{job.id}.zip"'}
+            return 200, cvat.export_bytes(job.id, query["rq_id"][0]), {
+                "Content-Type": "application/zip", "Content-Disposition": f'attachment; filename="job_{job.id}.zip"'}
         raise KeyError(path)
+
+    def _upload(self, method: str, target: str, object_id: int, file_id: str, query: dict[str, list[str]],
+                body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """cvat-sdk's annotation upload (``AnnotationUploader``): TUS between two extra POSTs."""
+        cvat = self.cvat
+        (cvat.jobs if target == "job" else cvat.tasks)[object_id]  # 404 for an unknown id
+        if method == "POST" and "Upload-Start" in self.headers:
+            return 202, b"", {}
+        if method == "POST" and "Upload-Finish" in self.headers:
+            if query.get("format", [""])[0] != "CVAT 1.1":
+                return 400, json.dumps(["this fake imports the 'CVAT 1.1' format only"]).encode(), {}
+            data = bytes(cvat._uploads.pop(query["filename"][0]))
+            if data[:2] == b"PK":
+                with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                    data = archive.read("annotations.xml")
+            cvat.upload(target, object_id, parse_xml(data))
+            rq_id = cvat.new_import(target, object_id, query["format"][0])
+            return 202, json.dumps({"rq_id": rq_id}).encode(), {}
+        if method == "POST":  # TUS create: Upload-Length, Upload-Metadata "filename <base64>"
+            meta = dict(item.split(" ", 1) for item in self.headers["Upload-Metadata"].split(","))
+            name = base64.b64decode(meta["filename"]).decode()
+            upload_id = secrets.token_hex(6)
+            cvat._uploads[name] = bytearray()
+            cvat._uploads[upload_id] = cvat._uploads[name]
+            return 201, b"", {"Location": f"{cvat.url}/api/{target}s/{object_id}/annotations/{upload_id}",
+                              "Upload-Filename": name}
+        data = cvat._uploads[file_id]
+        if method == "PATCH":
+            if int(self.headers["Upload-Offset"]) != len(data):
+                return 409, b"", {"Upload-Offset": str(len(data))}
+            data.extend(body)
+        return 204 if method == "PATCH" else 200, b"", {"Upload-Offset": str(len(data)), "Tus-Resumable": "1.0.0"}
 
     def _jobs_page(self, query: dict[str, list[str]]) -> bytes:
         cvat = self.cvat

@@ -22,12 +22,14 @@ from mask2former.cvat import (
     encode_detector_mask,
     encode_rle,
     encode_sdk_mask,
+    instance_polygons,
     interactor_shape,
     mask_to_polygon,
     mask_to_polygons,
     paste_crop,
     polygon_to_mask,
     polygons_to_mask,
+    sdk_instance_shapes,
     tight_crop,
 )
 from mask2former.structures import Instances
@@ -443,3 +445,40 @@ def test_interactor_shape_item() -> None:
     json.dumps(item)
     full = sdk_decode_mask(item["points"], image_width=10, image_height=10)
     np.testing.assert_array_equal(full, paste_crop(crop, (5, 6, 8, 8), 10, 10))
+
+
+# --- the one polygon rule (issue 13, item 2) ---------------------------------------------------
+
+
+def test_instance_polygons_one_per_piece_slivers_dropped_never_the_instance() -> None:
+    frame = np.zeros((40, 200), dtype=bool)
+    frame[5:9, 0:90] = frame[5:9, 100:200] = True  # a rail cut by a post: 360 + 400 px
+    frame[20, 10] = frame[22:24, 30:32] = True  # specks of 1 and 4 px: under 16 px^2
+    frame[30:34, 50:54] = True  # 16 px: at the floor, and over 1 % of the instance's 781 px: kept
+    parts = instance_polygons(*tight_crop(frame))
+    assert len(parts) == 3
+    np.testing.assert_array_equal(polygons_to_mask(parts, 40, 200),
+                                  frame & ~np.isin(np.arange(40), [20, 22, 23])[:, None])
+    big = np.zeros((100, 400), dtype=bool)
+    big[10:60, 0:380] = True  # 19000 px: 1 % is 190 px
+    big[80:90, 0:15] = True  # 150 px: a sliver next to it
+    assert len(instance_polygons(*tight_crop(big))) == 1
+    dust = np.zeros((9, 9), dtype=bool)
+    dust[1, 1] = dust[5, 5] = dust[7, 2] = True  # all pieces tiny: the largest stays, the instance too
+    assert len(instance_polygons(*tight_crop(dust))) == 1
+    assert instance_polygons(np.zeros((3, 3), dtype=bool), (0, 0, 3, 3)) == []
+
+
+def test_sdk_instance_shapes_group_the_pieces_of_one_instance() -> None:
+    frame = np.zeros((20, 50), dtype=bool)
+    frame[2:6, 0:20] = frame[2:6, 25:50] = True
+    crop, box = tight_crop(frame)
+    shapes = sdk_instance_shapes(3, crop, box, as_polygons=True, group=41)
+    assert [(s.type.value, s.label_id, s.group) for s in shapes] == [("polygon", 3, 41)] * 2
+    with pytest.raises(ValueError, match="group"):
+        sdk_instance_shapes(3, crop, box, as_polygons=True)
+    single = sdk_instance_shapes(3, frame[:, :20], (0, 0, 20, 20), as_polygons=True, group=41)
+    assert len(single) == 1 and getattr(single[0], "group", None) is None
+    (mask,) = sdk_instance_shapes(3, crop, box)
+    np.testing.assert_array_equal(paste_crop(*decode_sdk_mask(mask.points), 20, 50), frame)
+    assert sdk_instance_shapes(3, np.zeros((2, 2), dtype=bool), (0, 0, 2, 2)) == []

@@ -123,6 +123,8 @@ def test_flat_and_reversed_boxes_are_normalised() -> None:
     assert parse_box({"obj_bbox": [[10, 20], [2, 4]]}) == (2.0, 4.0, 10.0, 20.0)
     assert parse_box({"obj_bbox": [2, 4, 10, 20]}) == (2.0, 4.0, 10.0, 20.0)
     assert parse_box({}) is None
+    assert parse_box({"obj_bbox": None}) is None
+    assert parse_box({"obj_bbox": []}) is None  # CVAT 2.73's UI: a click without a box
 
 
 def test_main_py_serves_the_interactor(tmp_path) -> None:
@@ -130,8 +132,9 @@ def test_main_py_serves_the_interactor(tmp_path) -> None:
     frame = (np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8)
     instances = function.context.user_data.model_handler.predict(frame, 0.0)
     ys, xs = np.nonzero(instances.masks[0])
+    # the body CVAT 2.73 sends for a click with no box drawn
     status, _, answer = call(function, body(frame, pos_points=[[xs[0] + 0.5, ys[0] + 0.5]], neg_points=[],
-                                            threshold=0.0))
+                                            obj_bbox=[], threshold=0.0))
     assert status == 200 and len(answer["shapes"]) == 1
     chosen = decode_mask(answer["shapes"][0]["points"], image_width=64, image_height=48)
     assert chosen[ys[0], xs[0]] and any((chosen == m).all() for m in instances.masks)

@@ -3,11 +3,14 @@ the very bytes, status and content type of a direct handler call."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import shutil
 import subprocess
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
@@ -87,3 +90,38 @@ def test_curl_with_a_body_file(served, tmp_path) -> None:
         status, content_type = trailer.decode().split(" ", 1)
         expected = direct(function, body_file.read_bytes())
         assert (int(status), content_type, payload) == expected
+
+
+def test_a_body_over_the_limit_is_refused_and_the_reason_logged(detector_function, caplog) -> None:  # noqa: F811
+    server = make_server(detector_function, "127.0.0.1", 0, max_body=1000)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    try:
+        with caplog.at_level(logging.WARNING, logger="barrier-serve"):
+            status, _, payload = post(f"http://{host}:{port}/", json.dumps(body(FRAME)).encode())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert status == 413 and "exceeds" in json.loads(payload)["error"]
+    assert any(record.levelno == logging.WARNING and "413" in record.getMessage()
+               and "exceeds 1000" in record.getMessage() for record in caplog.records)
+
+
+def test_a_bad_content_length_is_a_400_not_a_dropped_connection(served, caplog) -> None:
+    _, url = served
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("POST", "/")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", "lots")
+        with caplog.at_level(logging.WARNING, logger="barrier-serve"):
+            connection.endheaders()
+            response = connection.getresponse()
+            status, payload = response.status, response.read()
+    finally:
+        connection.close()
+    assert status == 400 and "Content-Length" in json.loads(payload)["error"]
+    assert any("Content-Length" in record.getMessage() for record in caplog.records)

@@ -19,7 +19,15 @@ import pytest
 import torch
 from PIL import Image
 
-from mask2former.cvat import CvatDocument, decode_rle, encode_rle, mask_to_polygons, paste_crop
+from mask2former.cvat import (
+    CvatDocument,
+    LabelSpec,
+    decode_rle,
+    encode_rle,
+    instance_polygons,
+    paste_crop,
+    polygons_to_mask,
+)
 from mask2former.io import read_image
 from mask2former.labelling import (
     FatalInputError,
@@ -197,7 +205,7 @@ def test_polygons_mode_writes_grouped_polygons_and_replaces_them_on_rerun(synthe
     assert len(ours) == len(record.shapes) > 0
     first = record.instances[0]
     x0, y0, x1, y1 = first.box
-    parts = mask_to_polygons(decode_rle(first.rle, x1 - x0, y1 - y0), first.box)
+    parts = instance_polygons(decode_rle(first.rle, x1 - x0, y1 - y0), first.box)
     assert [list(s.points) for s in first.shapes] == [[round(v, 2) for v in p] for p in parts]
     grouped = [s for s in ours if s.group_id]
     assert len({s.group_id for s in grouped}) == sum(len(i.shapes) > 1 for i in record.instances)
@@ -296,7 +304,11 @@ def _as_cvat_reexport(path: Path, target: Path) -> dict[str, str]:
             (("padded", padded), ("edited", edited), ("occluded", occluded), ("flagged", flagged))}
 
 
-def test_cvat_reexport_of_our_shapes_is_recognised_and_edits_are_kept(synthetic, predictor, tmp_path):
+def _image_element(path: Path, name: str) -> ET.Element:
+    return next(e for e in ET.parse(path).getroot().iter("image") if e.get("name") == name)
+
+
+def test_cvat_reexport_untouched_frames_are_refreshed_reviewed_frames_left_as_they_are(synthetic, predictor, tmp_path):
     input_dir = make_input(synthetic, tmp_path / "in", count=2)
     output_dir = tmp_path / "out"
     first = label_folder(predictor, options(input_dir, output_dir))
@@ -305,24 +317,44 @@ def test_cvat_reexport_of_our_shapes_is_recognised_and_edits_are_kept(synthetic,
 
     export = make_input(synthetic, tmp_path / "export", count=2)
     changed = _as_cvat_reexport(output_dir / "annotations.xml", export / "annotations.xml")
-    first_image = CvatDocument.load(export / "annotations.xml").images[0].name
+    exported = shape_counts(export / "annotations.xml")
+    reviewed, untouched = (image.name for image in CvatDocument.load(export / "annotations.xml").images)
 
     for mode in ({"overwrite": False}, {"overwrite": True}):
         again = label_folder(predictor, options(export, output_dir, **mode))
-        counts = shape_counts(output_dir / "annotations.xml")
-        for name, count in counts.items():
-            kept_edits = 3 if name == first_image else 0
-            assert count == humans[name] + ours_first[name] + kept_edits, mode
-        assert again.replaced_shapes == first.shapes.total() - 3
-        rles = [m.element.get("rle") for m in CvatDocument.load(output_dir / "annotations.xml").image(first_image)
-                .masks() if m.source == "file"]
-        assert all(changed[edit] in rles for edit in ("edited", "occluded", "flagged"))
-        assert changed["padded"] not in rles
+        assert again.left_alone == {"reviewed": [reviewed]} and again.to_json()["reviewed_left_alone"] == 1
+        assert shape_counts(output_dir / "annotations.xml") == {
+            reviewed: exported[reviewed], untouched: humans[untouched] + ours_first[untouched]}
+        assert canonical(_image_element(output_dir / "annotations.xml", reviewed)) == canonical(
+            _image_element(export / "annotations.xml", reviewed))  # exactly as the person left it
+        assert again.replaced_shapes == ours_first[untouched]  # the untouched frame is refreshed
+        assert again.predicted == (1 if mode["overwrite"] else 0)
 
-    # a fresh output folder has no records, but an identical new prediction is still no duplicate
+    # A new output folder has no records: every frame holds uploaded shapes (CVAT marks them "file"),
+    # so none is touched; with --records-from the earlier folder, the run is the same as there.
     fresh = label_folder(predictor, options(export, tmp_path / "fresh"))
-    assert shape_counts(tmp_path / "fresh" / "annotations.xml") == counts
-    assert fresh.replaced_shapes == again.replaced_shapes
+    assert fresh.left_alone == {"unknown": [reviewed, untouched]} and fresh.predicted == 0
+    assert shape_counts(tmp_path / "fresh" / "annotations.xml") == exported
+    borrowed = label_folder(predictor, options(export, tmp_path / "borrowed", records_from=output_dir))
+    assert borrowed.left_alone == {"reviewed": [reviewed]} and borrowed.predicted == 1
+    assert (tmp_path / "borrowed" / "annotations.xml").read_bytes() == (output_dir / "annotations.xml").read_bytes()
+    with pytest.raises(FatalInputError, match="records-from"):
+        label_folder(predictor, options(export, tmp_path / "x", records_from=tmp_path / "nowhere"))
+
+    # Asked explicitly: the reviewed frame is labelled again; the tool's unchanged shapes (also the one
+    # CVAT stored in a wider box) are replaced, the three a person edited are kept as human work.
+    again = label_folder(predictor, options(export, output_dir, relabel_reviewed=True))
+    assert again.relabelled_reviewed == 1 and not again.left_alone
+    for name, count in shape_counts(output_dir / "annotations.xml").items():
+        assert count == humans[name] + ours_first[name] + (3 if name == reviewed else 0)
+    assert again.replaced_shapes == first.shapes.total() - 3
+    rles = [m.element.get("rle") for m in CvatDocument.load(output_dir / "annotations.xml").image(reviewed)
+            .masks() if m.source == "file"]
+    assert all(changed[edit] in rles for edit in ("edited", "occluded", "flagged"))
+    assert changed["padded"] not in rles
+    repeated = label_folder(predictor, options(export, output_dir))  # the same export again: nothing new
+    assert not repeated.left_alone and repeated.reused == 2
+    assert shape_counts(output_dir / "annotations.xml")[reviewed] == humans[reviewed] + ours_first[reviewed] + 3
 
 
 # --- crash safety ------------------------------------------------------------------------------
@@ -511,6 +543,19 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <annotations><version>1.1</version><image id="0" name="&f;" width="4" height="4"/></annotations>
 """
 
+VIDEO_EXPORT = b"""<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <meta><task><id>1</id><name>site</name><size>2</size><mode>interpolation</mode>
+    <labels><label><name>rail_top</name><color>#fa3253</color><type>any</type><attributes /></label></labels>
+    <original_size><width>64</width><height>48</height></original_size></task></meta>
+  <track id="0" label="rail_top" source="manual">
+    <polygon frame="0" keyframe="1" outside="0" occluded="0" points="1.00,1.00;9.00,1.00;9.00,5.00" z_order="0" />
+    <polygon frame="1" keyframe="1" outside="1" occluded="0" points="1.00,1.00;9.00,1.00;9.00,5.00" z_order="0" />
+  </track>
+</annotations>
+"""
+
 BAD_XML = {
     "xml_bomb": (BILLION_LAUGHS, "unsafe"),
     "xxe": (b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
@@ -518,6 +563,10 @@ BAD_XML = {
     "malformed": (b"<annotations><image id='0' name='a.jpg'", "malformed"),
     "not_cvat": (b"<dataset/>", "<dataset>"),
     "absent": (None, "not found"),
+    "video_export": (VIDEO_EXPORT, r"'CVAT for video 1\.1' export \(1 <track> element\(s\), no <image>\): export the "
+                                   r"task again with format 'CVAT for images 1\.1'"),
+    "no_images": (b"<annotations><version>1.1</version><meta><task><labels /></task></meta></annotations>",
+                  r"no <image> element, so nothing to label.*'CVAT for images 1\.1'"),
 }
 
 
@@ -555,6 +604,9 @@ def test_cli_exit_codes_for_fatal_errors(synthetic, weights_file, tmp_path):
     assert label_images.main(cli_args(input_dir, tmp_path / "out", weights_file,
                                       opts=["MODEL.NO_SUCH_KEY", "1"])) == 2
     assert label_images.main(cli_args(input_dir, input_dir, weights_file)) == 2  # would overwrite the input
+    (tmp_path / "video").mkdir()
+    (tmp_path / "video" / "annotations.xml").write_bytes(VIDEO_EXPORT)
+    assert label_images.main(cli_args(tmp_path / "video", tmp_path / "out", weights_file)) == 2
 
 
 # --- small parts --------------------------------------------------------------------------------
@@ -602,3 +654,186 @@ def test_record_json_round_trip(synthetic, predictor, tmp_path):
     label_folder(predictor, options(input_dir, tmp_path / "out", polygons=True))
     (record,) = records(tmp_path / "out").values()
     assert PredictionRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+# --- one object per predicted instance, also as polygons (issue 13, item 2) ----------------------
+
+
+def pieces_masks(height: int = 60, width: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Instances CVAT polygons cannot hold one by one: a rail cut by a post, a slanted rail with
+    specks around it, a board with a hole, a one-pixel post; and their class ids."""
+    masks = np.zeros((4, height, width), dtype=bool)
+    masks[0, 5:9, 2:40] = masks[0, 5:9, 46:94] = True  # rail_top, cut in two by a post
+    rows, cols = np.mgrid[0:height, 0:width]
+    masks[1] = (np.abs(rows - (20 + cols * 0.15)) < 2.5) & (cols > 4) & (cols < 90)  # slanted rail_mid
+    masks[1, 40, 10] = masks[1, 42, 30] = masks[1, 44:46, 50:52] = True  # specks: dropped
+    masks[2, 48:56, 10:60] = True  # toeboard with a hole (CVAT polygons have none)
+    masks[2, 50:53, 30:40] = False
+    masks[3, 58, 90] = True  # a single pixel is still an instance
+    return masks, np.array([0, 1, 2, 3])
+
+
+class PiecesPredictor(PixelPredictor):
+    def predict_batch(self, images):
+        masks, classes = pieces_masks(*images[0].shape[:2])
+        return [Instances.from_masks(masks, np.array([0.9, 0.8, 0.7, 0.6]), classes, self.class_names)
+                for _ in images]
+
+
+def _empty_export(folder: Path, names: list[str], height: int = 60, width: int = 96) -> Path:
+    """A task export with label type "any" and no shapes."""
+    doc = CvatDocument.new([LabelSpec(name, type="any") for name in PixelPredictor.class_names])
+    rng = np.random.default_rng(1)
+    for name in names:
+        doc.add_image(name, width, height)
+        path = folder / "images" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    doc.save(folder / "annotations.xml")
+    return folder
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+def test_polygons_read_back_as_exactly_the_predicted_instances(tmp_path):
+    """What ``--polygons`` writes, read back by the training loader (and by Datumaro, through which
+    CVAT's exports go): one object per predicted instance. The loaded mask is exactly the union of
+    the written polygons; against the predicted mask its IoU is >= 0.9 (simplification keeps 0.93
+    per piece; specks under 16 px and holes are the rest); rectangles come back pixel-exact."""
+    import datumaro as dm
+
+    from training.data.cvat_xml import load_cvat_xml
+
+    input_dir = _empty_export(tmp_path / "in", ["a.png", "b/c.png"])
+    summary = label_folder(PiecesPredictor(), options(input_dir, tmp_path / "out", polygons=True))
+    assert summary.exit_code == 0
+    masks, classes = pieces_masks()
+    written = records(tmp_path / "out")
+    assert [len(i.shapes) for i in written["a.png"].instances] == [2, 1, 1, 1]  # the specks are not written
+
+    loaded, report = load_cvat_xml(tmp_path / "out" / "annotations.xml", input_dir / "images",
+                                   PixelPredictor.class_names)
+    assert report.total_instances == 2 * len(masks) and not report.skipped_instances
+    for record in loaded:
+        name = Path(record.file_name).relative_to((input_dir / "images").resolve()).as_posix()
+        assert [i.category_id for i in record.instances] == classes.tolist()
+        for instance, mask, item in zip(record.instances, masks, written[name].instances, strict=True):
+            got = instance.mask.decode(60, 96)
+            np.testing.assert_array_equal(got, polygons_to_mask([s.points for s in item.shapes], 60, 96))
+            assert _iou(got, mask) >= 0.9
+        np.testing.assert_array_equal(record.instances[0].mask.decode(60, 96), masks[0])  # two rectangles
+        np.testing.assert_array_equal(record.instances[3].mask.decode(60, 96), masks[3])  # one pixel
+
+    (tmp_path / "out" / "images").symlink_to(input_dir / "images")
+    dataset = dm.Dataset.import_from(str(tmp_path / "out" / "annotations.xml"), "cvat")
+    for item in dataset:
+        polygons = [a for a in item.annotations if a.type == dm.AnnotationType.polygon]
+        objects = {(a.label, a.group or -index) for index, a in enumerate(polygons, 1)}
+        assert len(polygons) == 5 and len(objects) == len(masks)
+
+
+# --- a re-run never undoes review (issue 13, item 3) ---------------------------------------------
+
+
+class OtherPixelPredictor(PixelPredictor):
+    """Another "model": different pixels for the same regions, so a re-run changes every prediction."""
+
+    def predict_batch(self, images):
+        return super().predict_batch([np.clip(image.astype(np.int16) + 12, 0, 255).astype(np.uint8)
+                                      for image in images])
+
+
+def _cvat_round_trip(written: Path, target: Path, name: str, edit: str | None) -> None:
+    """What an upload, a person's edit of frame ``name`` and a new export do to the tool's file: every
+    shape comes back with source "file", each frame lists its shapes in another order."""
+    tree = ET.parse(written)
+    for image in tree.getroot().iter("image"):
+        shapes = [child for child in image if child.tag in ("mask", "polygon")]
+        ours = [child for child in shapes if child.get("source") == "semi-auto"]
+        if image.get("name") == name and edit is not None:
+            target_shape = next(e for e in ours if e.get("label") == "rail_top")
+            if edit == "deleted":
+                shapes.remove(target_shape)
+                image.remove(target_shape)
+            elif edit == "relabelled":
+                target_shape.set("label", "rail_mid")
+            elif edit == "moved":
+                top, height = int(target_shape.get("top")), int(target_shape.get("height"))
+                target_shape.set("top", str(top + 1 if top + height < int(image.get("height")) else top - 1))
+            elif edit == "occluded":
+                target_shape.set("occluded", "1")
+            elif edit == "added":
+                ET.SubElement(image, "mask", {"label": "toeboard", "source": "manual", "occluded": "0",
+                                              "rle": "0, 4", "left": "1", "top": "1", "width": "2",
+                                              "height": "2", "z_order": "0"})
+        for child in shapes:
+            image.remove(child)
+        for child in reversed(shapes):
+            image.append(child)
+        for child in image:
+            child.set("source", "file")
+    tree.write(target, encoding="utf-8", xml_declaration=True)
+
+
+@pytest.mark.parametrize("edit", ["deleted", "relabelled", "moved", "occluded", "added", None])
+def test_rerun_leaves_frames_a_person_touched_as_they_are(edit, synthetic, tmp_path):
+    input_dir = make_input(synthetic, tmp_path / "in", count=4)
+    output_dir = tmp_path / "out"
+    label_folder(PixelPredictor(), options(input_dir, output_dir))
+    first = records(output_dir)
+    touched = next(name for name, record in first.items()
+                   if any(shape.label == "rail_top" for shape in record.shapes))
+    export = make_input(synthetic, tmp_path / "export", count=4)
+    _cvat_round_trip(output_dir / "annotations.xml", export / "annotations.xml", touched, edit)
+
+    rerun = label_folder(OtherPixelPredictor(), options(export, output_dir, model={"weights": "other"}))
+    reviewed = [] if edit is None else [touched]
+    assert rerun.left_alone == ({"reviewed": reviewed} if reviewed else {})
+    assert json.loads((output_dir / "summary.json").read_text())["reviewed_left_alone"] == len(reviewed)
+    assert rerun.predicted == 4 - len(reviewed)
+    humans = shape_counts(input_dir / "annotations.xml")
+    now = records(output_dir)
+    for name, count in shape_counts(output_dir / "annotations.xml").items():
+        if name in reviewed:  # exactly as the person left it: nothing restored, nothing added
+            assert canonical(_image_element(output_dir / "annotations.xml", name)) == canonical(
+                _image_element(export / "annotations.xml", name))
+            assert now[name] == first[name]
+        else:  # untouched: the old predictions are replaced by the new model's
+            assert count == humans[name] + len(now[name].shapes)
+            assert now[name].settings["model"] == {"weights": "other"}
+
+    forced = label_folder(OtherPixelPredictor(), options(export, output_dir, model={"weights": "other"},
+                                                         relabel_reviewed=True))
+    assert forced.relabelled_reviewed == len(reviewed) and not forced.left_alone
+    if edit == "deleted":  # asked explicitly: the model's shapes go back on the frame
+        assert shape_counts(output_dir / "annotations.xml")[touched] == (
+            shape_counts(export / "annotations.xml")[touched] - (len(first[touched].shapes) - 1)
+            + len(records(output_dir)[touched].shapes))
+
+
+def test_cvat_renumbering_groups_and_reordering_is_no_review(tmp_path):
+    """What CVAT does on its own to grouped polygons (new group numbers, z-order, order, source)
+    leaves the frame untouched: it is refreshed, never mistaken for a person's work."""
+    input_dir = _empty_export(tmp_path / "in", ["a.png", "b.png"])
+    output_dir = tmp_path / "out"
+    label_folder(PiecesPredictor(), options(input_dir, output_dir, polygons=True))
+    written = shape_counts(output_dir / "annotations.xml")
+    tree = ET.parse(output_dir / "annotations.xml")
+    for image in tree.getroot().iter("image"):
+        shapes = list(image)
+        for child in shapes:
+            image.remove(child)
+        for child in reversed(shapes):
+            child.set("source", "file")
+            child.set("z_order", "3")
+            if child.get("group_id"):
+                child.set("group_id", str(int(child.get("group_id")) + 40))
+            image.append(child)
+    export = _empty_export(tmp_path / "export", ["a.png", "b.png"])
+    tree.write(export / "annotations.xml", encoding="utf-8", xml_declaration=True)
+    again = label_folder(PiecesPredictor(), options(export, output_dir, polygons=True, model={"weights": "new"}))
+    assert not again.left_alone and again.predicted == 2
+    assert shape_counts(output_dir / "annotations.xml") == written and again.replaced_shapes == sum(written.values())

@@ -1,14 +1,22 @@
 """barrier-sync-train end to end against a fake CVAT on loopback, with real (tiny) training.
 
 One module fixture plays the rounds of the labelling loop in order and records each; every test
-checks one round. The rounds:
+checks one round. The fake CVAT lists shapes in another order in every export, as a real one does.
+The rounds:
 
 0. ``--dry-run`` before anything exists
 1. first round: 2 finished jobs pulled, tiny model trained, no deployed model -> deployed
 2. rerun, nothing changed in CVAT -> nothing done
+2b. job 1 edited and edited back: pulled again, its re-export lists the shapes in another order
+    -> nothing new, no round
 3. a third job is finished -> only it is pulled; candidate vs deployed on the same val -> redeployed
 4. an annotator corrects job 1 -> pulled; training fails (bad init weights) -> deployed model untouched
 5. ``--resume`` of that run with a candidate that fails the quality gate -> not deployed
+6. job 3 is reopened -> its images are withdrawn, a round trains without them; the candidate (an
+   untrained model, mask AP 0) is held back whatever --margin and --min-ap say
+7. job 3 is completed again -> its images return (--pull-only)
+
+The site is :mod:`tests.sync_sites`' easy one: a tiny model reaches a real mask AP in 5 iterations.
 """
 
 from __future__ import annotations
@@ -26,14 +34,15 @@ import torch
 
 from tests.conftest import TINY_CONFIG
 from tests.cvat_fake_server import EPOCH, FakeCvat, synthetic_job_export
+from tests.sync_sites import easy_site
 from tools.sync_and_train import main
 from training.data.cvat_xml import load_cvat_xml
-from training.data.synthetic import CLASS_NAMES, generate_dataset
+from training.data.synthetic import CLASS_NAMES
 from training.sync.dataset_store import split_of
 
 TOKEN = "pat-9f3Kq7ZsyncSECRETtoken"
 VAL_PERCENT = 30
-TINY_OPTS = ["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001",
+TINY_OPTS = ["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.004",
              "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(1000,)", "SOLVER.CHECKPOINT_PERIOD", "1000",
              "TEST.EVAL_PERIOD", "0", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
              "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256",
@@ -54,6 +63,7 @@ class Step:
     deployed_json: bytes | None = None
     states: dict[str, dict] = field(default_factory=dict)  # run id -> state.json after this call
     workdir_exists: bool = True
+    manifest: dict | None = None  # the dataset manifest after this call
 
 
 @dataclass
@@ -71,18 +81,15 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory) -> Loop:
     root = tmp_path_factory.mktemp("sync_loop")
-    site_a = generate_dataset(root / "site_a", num_train=8, num_val=0, image_size=96, seed=11, progress=False,
-                              write_cvat_xml=True)
-    site_b = generate_dataset(root / "site_b", num_train=3, num_val=0, image_size=96, seed=12, progress=False,
-                              write_cvat_xml=True)
-    a_names = sorted(p.name for p in site_a.images["train"].iterdir())
-    b_names = sorted(p.name for p in site_b.images["train"].iterdir())
+    site_a = easy_site(root / "site_a", 8, seed=11)
+    site_b = easy_site(root / "site_b", 3, seed=12)
+    a_names, b_names = site_a.names, site_b.names
     # The split is a pure function of the image bytes: the scenario needs val images in round 1.
-    a_splits = [split_of(_sha(site_a.images["train"] / n), VAL_PERCENT) for n in a_names]
+    a_splits = [split_of(_sha(site_a.images / n), VAL_PERCENT) for n in a_names]
     assert "val" in a_splits and "train" in a_splits, a_splits
 
     def export(site, names, **kw):
-        return synthetic_job_export(site.cvat_xml["train"], site.images["train"], names, **kw)
+        return synthetic_job_export(site.annotations, site.images, names, **kw)
 
     deploy_log = root / "deploy_calls.log"
     script = root / "fake_deploy.sh"
@@ -90,7 +97,7 @@ def loop(tmp_path_factory) -> Loop:
     script.chmod(0o755)
     workdir = root / "work"
     base = ["--project", "1", "--workdir", str(workdir), "--config-file", str(TINY_CONFIG),
-            "--deploy-script", str(script), "--val-percent", str(VAL_PERCENT), "--iterations", "2",
+            "--deploy-script", str(script), "--val-percent", str(VAL_PERCENT), "--iterations", "5",
             "--retry-backoff", "0.01", "--poll-period", "0.01", "--no-progress"]
     steps: dict[str, Step] = {}
     threads = torch.get_num_threads()
@@ -114,20 +121,30 @@ def loop(tmp_path_factory) -> Loop:
             for run_id, state in states.items():
                 report = workdir / "runs" / run_id / "report.json"
                 state["report_outcome"] = json.loads(report.read_text())["outcome"] if report.exists() else None
+            manifest = workdir / "dataset" / "manifest.json"
             steps[name] = Step(code, out.getvalue(), err.getvalue(), cvat.log[before:],
                                deploy_log.read_text().splitlines() if deploy_log.exists() else [],
-                               deployed.read_bytes() if deployed.exists() else None, states, workdir.exists())
+                               deployed.read_bytes() if deployed.exists() else None, states, workdir.exists(),
+                               json.loads(manifest.read_text()) if manifest.exists() else None)
 
         play("dry_run", "--dry-run")
         play("first")
         play("nothing_new")
+        cvat.jobs[1].updated = EPOCH + timedelta(hours=1)  # edited and edited back: same shapes, new order
+        play("edited_back")
         job3.stage, job3.state, job3.updated = "acceptance", "completed", EPOCH + timedelta(days=1)
-        play("new_data", "--margin", "-100")  # tiny models are ~0 AP: accept so the redeploy path runs
+        play("new_data", "--margin", "-100")  # the redeploy path runs whatever the two scores are
         job1 = cvat.jobs[1]
         job1.export, job1.updated = export(site_a, a_names[:4], drop_shapes=1), EPOCH + timedelta(days=2)
         play("training_fails", "--init-weights", str(root / "missing.pth"))
         play("worse_resumed", "--resume", "--init-weights", "none", "--iterations", "1",
              "--class-floor", "rail_top=50")
+        cvat.update_job(3, state="in progress")  # reopened by a reviewer
+        untrained = [*TINY_OPTS, "SOLVER.BASE_LR", "0.0"]  # random weights: mask AP 0
+        play("reopened", "--init-weights", "none", "--iterations", "1", "--margin", "-100", "--min-ap", "0",
+             opts=untrained)
+        cvat.update_job(3, state="completed")
+        play("returned", "--pull-only")
     torch.set_num_threads(threads)
     return Loop(cvat, workdir, deploy_log, steps)
 
@@ -150,6 +167,8 @@ def test_dry_run_shows_the_plan_and_writes_nothing(loop):
     assert "job 1: task 1 'site A', frames 0-3" in step.stdout and "pull (new)" in step.stdout
     assert "job 3" not in step.stdout  # still being annotated: not selected
     assert "would finetune" in step.stdout and "fake_deploy.sh --weights" in step.stdout
+    assert "iterations on the CPU" in step.stdout and "GPU" not in step.stdout  # MODEL.DEVICE cpu
+    assert "segm/AP > 0 and segm/AP >= 10.00" in step.stdout  # the first deployment's floor
     assert _exports(step) == []
     assert step.deployed_json is None and not step.deploy_calls and not step.workdir_exists
     assert not any(entry.path.startswith("/api/requests") for entry in step.requests)
@@ -225,7 +244,7 @@ def test_resumed_round_with_a_worse_model_is_not_deployed(loop):
     assert step.code == 0, step.stderr
     assert _exports(step) == [] and not step.requests  # resumed after 'pulled': CVAT not even contacted
     assert "not deployed" in step.stdout
-    runs = _runs(loop.workdir)
+    runs = _runs(loop.workdir)[:len(step.states)]  # the runs that existed after this step
     assert len(runs) == 3  # the failed run was continued, not a new one
     assert step.states[runs[2].name]["status"] == "finished"
     report = _report(runs[2])
@@ -237,8 +256,77 @@ def test_resumed_round_with_a_worse_model_is_not_deployed(loop):
     deployed = json.loads(step.deployed_json)
     assert _sha(Path(deployed["weights"])) == deployed["weights_sha256"]
     manifest = json.loads((loop.workdir / "dataset" / "manifest.json").read_text())
-    assert [r["concluded"] for r in manifest["rounds"]] == [True, True, True]
+    assert [r["concluded"] for r in manifest["rounds"][:3]] == [True, True, True]
     assert manifest["rounds"][2]["decision"]["deploy"] is False
+
+
+def test_an_edit_undone_in_cvat_makes_no_round(loop):
+    """CVAT's re-export after an edit and its undo lists the same shapes in another order."""
+    step = loop.steps["edited_back"]
+    assert step.code == 0, step.stderr
+    assert _exports(step) == [1]  # updated_date moved: pulled again
+    assert "nothing new since round 1" in step.stdout
+    assert step.deploy_calls == loop.steps["first"].deploy_calls
+    assert len(step.manifest["rounds"]) == 1 and step.manifest["pending"] == {}
+    assert len(step.states) == 1  # no run started
+
+
+def test_a_reopened_job_is_withdrawn_and_a_useless_model_held_back(loop):
+    step = loop.steps["reopened"]
+    before = loop.steps["worse_resumed"]
+    assert step.code == 0, step.stderr
+    assert _exports(step) == []  # nothing to download: the withdrawal is a change by itself
+    assert "job 3 (task 2 'site B') reopened (now stage acceptance, state in progress)" in step.stderr
+    report = _report(_runs(loop.workdir)[-1])
+    data = report["dataset"]
+    assert data["round"] == 4 and data["withdrawn_images"] == 3 and data["new_images"] == 0
+    assert data["withdrawn_jobs"]["3"]["reason"] == "reopened (now stage acceptance, state in progress)"
+    assert data["images"]["train"] + data["images"]["val"] == 8  # site A only
+    # --margin -100 --min-ap 0 would let anything through; a model with mask AP 0 never is
+    assert report["metrics"]["candidate"]["segm/AP"] == 0.0
+    assert report["decision"]["deploy"] is False and report["outcome"] == "not deployed"
+    assert any("a model with AP 0 is never deployed" in reason for reason in report["held_back"])
+    assert "not deployed (segm/AP 0.00: the model finds nothing right" in step.stdout
+    markdown = (_runs(loop.workdir)[-1] / "report.md").read_text()
+    assert "Held back because" in markdown and "job 3 (task 2 'site B') left the selection: reopened" in markdown
+    assert step.deploy_calls == before.deploy_calls and step.deployed_json == before.deployed_json
+    withdrawn = {k: e["withdrawn"] for k, e in step.manifest["images"].items() if e.get("withdrawn")}
+    assert sorted(withdrawn) == [f"task_2/{n}" for n in ("000000.png", "000001.png", "000002.png")]
+    assert {w["round"] for w in withdrawn.values()} == {4}
+    assert step.manifest["jobs"]["3"]["withdrawn"]["round"] == 4
+
+
+def test_a_job_completed_again_returns(loop):
+    step = loop.steps["returned"]
+    assert step.code == 0, step.stderr
+    assert _exports(step) == [3]
+    manifest = json.loads((loop.workdir / "dataset" / "manifest.json").read_text())
+    record = manifest["rounds"][4]
+    assert record["round"] == 5 and record["returned_images"] == 3 and record["returned_jobs"]["3"]["images"] == 3
+    assert record["changed_images"] == 0 and record["new_images"] == 0
+    assert record["images"] == manifest["rounds"][2]["images"]  # the same 11 images as before the withdrawal
+    for key in (f"task_2/{n}" for n in ("000000.png", "000001.png", "000002.png")):
+        entry = manifest["images"][key]
+        assert "withdrawn" not in entry and entry["round"] == 5 and entry["first_round"] == 2
+    assert manifest["jobs"]["3"].get("withdrawn") is None
+    assert manifest["rounds"][3]["withdrawn_jobs"]["3"]["images"] == 3  # history keeps the withdrawal
+
+
+def test_every_json_written_is_strict(loop):
+    """No bare NaN/Infinity (COCO gives NaN for absent classes and sizes): strict parsers must read them."""
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"bare {token} in JSON")
+
+    files = [p for p in loop.workdir.rglob("*.json") if p.is_file()]
+    assert {p.name for p in files} >= {"deployed.json", "state.json", "report.json", "manifest.json", "metrics.json"}
+    for path in files:
+        text = path.read_text()
+        lines = text.splitlines() if path.name == "metrics.json" else [text]
+        for line in filter(str.strip, lines):
+            json.loads(line, parse_constant=refuse)
+    deployed = json.loads(loop.steps["reopened"].deployed_json)
+    assert deployed["metrics"]["segm/APl"] is None  # no large object in the val set: written as null
 
 
 def test_dataset_is_versioned_with_a_stable_split(loop):
@@ -252,7 +340,7 @@ def test_dataset_is_versioned_with_a_stable_split(loop):
         assert entry["split"] == split_of(entry["sha256"], VAL_PERCENT)
     assert {e["first_round"] for k, e in images.items() if k.startswith("task_2/")} == {2}
     changed = [k for k, e in images.items() if e["round"] == 3]
-    assert changed == ["task_1/000000.jpg"]
+    assert changed == ["task_1/000000.png"]
     # every round's files stay loadable by the training package; val only grows
     val_sets = []
     for record in manifest["rounds"]:
@@ -262,6 +350,8 @@ def test_dataset_is_versioned_with_a_stable_split(loop):
         train, _ = load_cvat_xml(dataset / record["train_xml"], dataset / "images", CLASS_NAMES)
         assert len(train) == record["images"]["train"]
     assert val_sets[0] <= val_sets[1] <= val_sets[2]
+    assert not {k for k in val_sets[3] if k.startswith("task_2/")}  # withdrawn in round 4, back in round 5
+    assert val_sets[0] <= val_sets[3] and val_sets[4] == val_sets[2]
     assert len(list((dataset / "sources" / "job_1").glob("*.xml"))) == 2  # both versions of job 1 kept
 
 

@@ -270,3 +270,111 @@ def test_several_gpus_train_in_worker_processes(tmp_path, monkeypatch):
     dumped = (tmp_path / "out" / "sync_config.yaml").read_text()
     assert "MAX_ITER: 10" in dumped and "safetybarrier_x_val" in dumped
     assert result.metrics == {"segm/AP": 7.5}
+
+
+# ---------------------------------------------------------------- never a useless model (issue 13)
+def test_a_model_with_mask_ap_0_or_nan_is_never_deployed():
+    anything = GateCriteria(margin=-100.0, min_metric=0.0)
+    zero = decide(metrics(0.0), metrics(0.0), anything)
+    assert not zero.deploy and "a model with AP 0 is never deployed" in zero.summary
+    assert not decide(metrics(0.0), None, anything).deploy
+    # gated on a class metric, the overall mask AP still has to exist
+    blind = decide({"segm/AP": math.nan, "segm/AP-rail_top": 50.0}, None,
+                   GateCriteria(metric="AP-rail_top", margin=0.0, min_metric=0.0))
+    assert not blind.deploy and "the evaluation saw no instance" in blind.summary
+    assert decide({**metrics(20.0), "segm/AP": None}, None, anything).deploy is False  # null read back from JSON
+
+
+def test_a_val_set_without_instances_decides_nothing():
+    empty = decide(metrics(40.0), metrics(30.0), GateCriteria(), val_instances=0)
+    assert not empty.deploy and "the val set has 0 instances: the evaluation measured nothing" in empty.reasons
+    assert decide(metrics(40.0), metrics(30.0), GateCriteria(), val_instances=12).deploy
+
+
+def test_the_first_deployment_needs_a_floor_by_default():
+    from training.sync.gate import FIRST_DEPLOYMENT_MIN_AP
+
+    assert FIRST_DEPLOYMENT_MIN_AP == 10.0
+    weak = decide(metrics(5.0), None, GateCriteria())
+    assert not weak.deploy and weak.reasons == ["segm/AP 5.00 < minimum 10.00 (first deployment; --min-ap sets it)"]
+    assert not decide(metrics(5.0), metrics(1.0), GateCriteria(), reference_name="baseline").deploy
+    assert decide(metrics(12.0), None, GateCriteria()).deploy
+    assert decide(metrics(5.0), metrics(4.0), GateCriteria()).deploy  # after it, the deployed model is the bar
+    assert not decide(metrics(5.0), metrics(4.0), GateCriteria(min_metric=6.0)).deploy  # an explicit floor stays
+    assert decide(metrics(5.0), None, GateCriteria(min_metric=2.0)).deploy
+    assert "segm/AP >= 10.00" in describe_criteria(GateCriteria(), None)
+    assert "segm/AP >= 10.00" not in describe_criteria(GateCriteria(), "deployed")
+
+
+def test_the_command_line_floor_defaults_to_the_first_deployment_rule(tmp_path):
+    from tools.sync_and_train import build_parser, options_from_args
+
+    base = ["--host", "http://cvat", "--project", "1", "--workdir", str(tmp_path)]
+    assert options_from_args(build_parser().parse_args(base)).criteria.min_metric is None
+    assert options_from_args(build_parser().parse_args([*base, "--min-ap", "3"])).criteria.min_metric == 3.0
+
+
+# ---------------------------------------------------------------- strict JSON everywhere (issue 13)
+def _strict(text: str):
+    def refuse(token: str) -> None:
+        raise AssertionError(f"bare {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_files_hold_null_for_nan_and_infinity(tmp_path):
+    from mask2former.utils import atomic_write_json, dumps_json
+
+    path = tmp_path / "x.json"
+    atomic_write_json(path, {"ap": math.nan, "nested": [math.inf, (1.5, -math.inf)], "ok": 2.0})
+    assert _strict(path.read_text()) == {"ap": None, "nested": [None, [1.5, None]], "ok": 2.0}
+    assert dumps_json({"a": math.nan}) == '{"a": null}'
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"bad": object()})
+    assert _strict(path.read_text())["ok"] == 2.0  # a failed write leaves the previous file
+
+
+def test_deployed_and_state_files_are_strict_and_older_ones_still_load(tmp_path):
+    from training.sync.run_state import RunState
+
+    weights = tmp_path / "model_final.pth"
+    weights.write_bytes(b"w")
+    record_deployment(tmp_path, Deployment("r1", 1, str(weights), file_sha256(weights), str(weights),
+                                           metrics={"segm/AP": 12.0, "segm/APl": math.nan}))
+    assert _strict((tmp_path / "deployed.json").read_text())["metrics"] == {"segm/AP": 12.0, "segm/APl": None}
+    assert load_deployed(tmp_path).metrics["segm/APl"] is None
+    older = json.loads((tmp_path / "deployed.json").read_text())
+    (tmp_path / "deployed.json").write_text(json.dumps(older).replace("null", "NaN"))  # what 0.x wrote
+    assert math.isnan(load_deployed(tmp_path).metrics["segm/APl"])
+    run = new_run(tmp_path, 1)
+    run.record("trained", metrics={"segm/AP": 3.0, "segm/APs": math.nan, "loss": math.inf})
+    assert _strict((run.dir / "state.json").read_text())["steps"]["trained"]["metrics"]["segm/APs"] is None
+    (run.dir / "state.json").write_text((run.dir / "state.json").read_text().replace("null", "NaN"))
+    assert math.isnan(RunState.load(run.dir).step("trained")["metrics"]["segm/APs"])
+
+
+def test_metrics_json_lines_are_strict(tmp_path):
+    from training.evaluation import write_metrics
+    from training.metrics import read_metrics, truncate_metrics
+
+    path = tmp_path / "metrics.json"
+    path.write_text('{"iteration": 0, "total_loss": NaN}\n')  # an older file
+    write_metrics(path, {"AP": 1.0, "APl": math.nan, "APm": math.inf}, iteration=4)
+    assert read_metrics(path)[1] == {"iteration": 4, "segm/AP": 1.0, "segm/APl": None, "segm/APm": None}
+    truncate_metrics(path, 3)  # rewrites the file: the older line's NaN becomes null
+    assert [_strict(line) for line in path.read_text().splitlines()] == [{"iteration": 0, "total_loss": None}]
+
+
+# ---------------------------------------------------------------- the dry run tells the device (issue 13)
+def test_the_dry_run_names_the_device_the_config_chooses(monkeypatch):
+    from tests.conftest import TINY_CONFIG
+    from training.sync.trainer import training_hardware
+
+    assert training_hardware(TINY_CONFIG, (), 1) == "on the CPU"  # tiny_cpu.yaml: MODEL.DEVICE cpu
+    assert training_hardware(TINY_CONFIG, (), 2) == "on the CPU in 2 worker processes"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    text = training_hardware(TINY_CONFIG, ("MODEL.DEVICE", "cuda"), 1)
+    assert text.startswith("on 1 GPU (MODEL.DEVICE cuda), but 0 CUDA devices are visible here")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert training_hardware(TINY_CONFIG, ("MODEL.DEVICE", "cuda"), 2) == "on 2 GPUs (MODEL.DEVICE cuda)"
+    assert "does not load" in training_hardware(TINY_CONFIG, ("NO.SUCH_KEY", "1"), 1)

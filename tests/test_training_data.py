@@ -29,10 +29,10 @@ from training.data.catalog import (
     catalog_from_config,
     load_datasets,
 )
-from training.data.coco import load_coco_instances
+from training.data.coco import DatasetFormatError, load_coco_instances
 from training.data.cvat_xml import load_cvat_xml
 from training.data.dataset import InstanceDataset, InstanceMapper, collate
-from training.data.records import BitmaskSource, PolygonSource, RLESource
+from training.data.records import BitmaskSource, PolygonSource, RLESource, UnionSource
 from training.data.sampler import InferenceSampler, TrainingSampler
 
 CLASSES = ("rail_top", "rail_mid", "toeboard", "vertical_post")
@@ -181,6 +181,62 @@ def test_cvat_xml_loads_masks_and_polygons(tmp_path, coco_dataset):
     assert dict(report.skipped_instances) == {"<box> shapes carry no mask": 1,
                                               "label 'sign' not among the model classes": 1,
                                               "missing image file (its annotations)": 1}
+
+
+CVAT_GROUPS = """<?xml version="1.0" encoding="utf-8"?>
+<annotations>
+  <version>1.1</version>
+  <meta><task><labels>
+    <label><name>rail_top</name><type>any</type></label><label><name>rail_mid</name><type>any</type></label>
+    <label><name>toeboard</name><type>any</type></label><label><name>vertical_post</name><type>any</type></label>
+  </labels></task></meta>
+  <image id="0" name="a.png" width="80" height="60">
+    <polygon label="rail_top" source="file" occluded="0" points="10,10;30,10;30,20;10,20" group_id="1" />
+    <polygon label="vertical_post" source="file" occluded="0" points="0,30;4,30;4,50;0,50" />
+    <polygon label="rail_top" source="file" occluded="0" points="40,10;60,10;60,20;40,20" group_id="1" />
+    <mask label="toeboard" source="file" occluded="0" rle="0, 20" left="50" top="40" width="10" height="2"
+          group_id="2" />
+    <polygon label="toeboard" source="file" occluded="0" points="62,40;70,40;70,42;62,42" group_id="2" />
+    <polygon label="rail_mid" source="file" occluded="0" points="10,25;30,25;30,28;10,28" group_id="1" />
+    <polygon label="vertical_post" source="file" occluded="0" points="6,30;9,30;9,50;6,50" />
+    <box label="rail_top" source="file" occluded="0" xtl="1" ytl="1" xbr="3" ybr="3" group_id="1" />
+  </image>
+  <image id="1" name="b.png" width="80" height="60">
+    <polygon label="rail_top" source="file" occluded="0" points="10,10;30,10;30,20;10,20" group_id="1" />
+  </image>
+</annotations>
+"""
+
+
+def test_cvat_groups_of_one_label_are_one_object(tmp_path, coco_dataset):
+    """CVAT marks an object drawn in pieces with a shared group_id (barrier-label --polygons writes a
+    rail cut by a post so): one label + one group within an image = one training instance."""
+    _, images, _ = coco_dataset
+    xml = tmp_path / "annotations.xml"
+    xml.write_text(CVAT_GROUPS)
+    (images / "b.png").write_bytes((images / "a.png").read_bytes())
+    records, report = load_cvat_xml(xml, images, CLASSES)
+    first, second = records
+    assert [CLASSES[i.category_id] for i in first.instances] == [
+        "rail_top", "vertical_post", "toeboard", "rail_mid", "vertical_post"]
+    rail, _, board, _, _ = first.instances
+    assert isinstance(rail.mask, PolygonSource) and len(rail.mask.polygons) == 2  # stays polygons
+    np.testing.assert_array_equal(rail.mask.decode(H, W), _rect(10, 10, 30, 20) | _rect(40, 10, 60, 20))
+    assert isinstance(board.mask, UnionSource) and board.mask.area(H, W) == 20 + 16
+    np.testing.assert_array_equal(board.mask.decode(H, W), _rect(50, 40, 70, 42) & ~_rect(60, 40, 62, 42))
+    assert len(second.instances) == 1  # the same group id in another image is another object
+    assert report.total_instances == 6 and report.notes["grouped shapes united into one object (CVAT group_id)"] == 2
+    _, target = InstanceMapper([RandomFlip(1.0)])(first, np.random.default_rng(0))
+    assert target["masks"].shape == (5, H, W)
+    np.testing.assert_array_equal(target["masks"][2].numpy(), board.mask.decode(H, W)[:, ::-1])
+
+
+def test_cvat_video_export_is_refused_with_a_way_out(tmp_path):
+    xml = tmp_path / "annotations.xml"
+    xml.write_text("""<annotations><version>1.1</version><track id="0" label="rail_top">
+        <polygon frame="0" keyframe="1" outside="0" occluded="0" points="1,1;5,1;5,5" /></track></annotations>""")
+    with pytest.raises(DatasetFormatError, match=r"'CVAT for video 1\.1' export .*'CVAT for images 1\.1'"):
+        load_cvat_xml(xml, tmp_path, CLASSES)
 
 
 def test_catalog_resolves_seed_layout_and_explicit_registrations(tmp_path, coco_dataset, monkeypatch):

@@ -7,14 +7,20 @@
 the file is kept: ``<meta>``, every image, every shape a person made. ``labelled/visuals/``
 holds an overlay per image and ``labelled/predictions/`` one JSON record per image.
 
-Re-running is safe: shapes this tool wrote earlier are recognised from the records in
-``labelled/predictions/`` (also after a trip through CVAT, as long as nobody edited them) and
-replaced; edited ones are kept as human work. Keep the same ``--output_dir`` for re-runs.
+Re-running on a fresh export never undoes review: ``labelled/predictions/`` records what the
+tool found and left in each frame, so a frame a person has touched since (a shape of the tool's
+deleted, moved, repainted or relabelled, a flag or attribute set, a shape added) is left exactly
+as the export has it, and nothing is added there; untouched frames are refreshed (the tool's
+shapes replaced). ``--relabel-reviewed`` labels reviewed frames again (their shapes kept, the
+tool's unchanged ones replaced). Keep the same ``--output_dir`` for re-runs, or point
+``--records-from`` at the earlier one: without records, a frame holding shapes uploaded from a
+file (CVAT marks them source "file", the tool's own included) is left alone too.
 ``--resume`` (default) continues an interrupted run; ``--overwrite`` predicts every image again.
 
-Exit status: 0 all images labelled, 1 some images skipped (see the summary), 2 fatal error
-(annotation file missing, malformed or unsafe; config or weights unusable; output not writable),
-130 interrupted (re-run with ``--resume``).
+Exit status: 0 all images labelled or left alone as reviewed, 1 some images skipped (see the
+summary), 2 fatal error (annotation file missing, malformed, unsafe, a "CVAT for video" export or
+without any image; config or weights unusable; output not writable), 130 interrupted (re-run
+with ``--resume``).
 """
 
 from __future__ import annotations
@@ -55,8 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", dest="overwrite", action="store_false",
                       help="keep predictions this run already made (default)")
     mode.add_argument("--overwrite", dest="overwrite", action="store_true",
-                      help="predict every image again, replacing the tool's earlier shapes")
+                      help="predict every image again, replacing the tool's earlier shapes (reviewed "
+                           "frames are still left alone: see --relabel-reviewed)")
     parser.set_defaults(overwrite=False)  # store_false alone would make --overwrite the default
+    parser.add_argument("--relabel-reviewed", action="store_true",
+                        help="also label frames a person changed since this tool wrote them (and frames with "
+                             "uploaded shapes it has no record of): their shapes are kept, the model's added")
+    parser.add_argument("--records-from", type=Path, default=None,
+                        help="an earlier output folder whose predictions/ tell which shapes this tool wrote, "
+                             "for a run into a new --output_dir")
     parser.add_argument("--save-interval", type=float, default=60.0,
                         help="seconds between intermediate saves of annotations.xml (it is always saved at the end)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
@@ -82,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 predictor.backend_description, predictor.score_threshold)
     options = LabelOptions(
         input_dir=args.input_dir, output_dir=args.output_dir, batch_size=args.batch_size, workers=args.workers,
-        polygons=args.polygons, overwrite=args.overwrite, save_interval=args.save_interval,
+        polygons=args.polygons, overwrite=args.overwrite, relabel_reviewed=args.relabel_reviewed,
+        records_from=args.records_from, save_interval=args.save_interval,
         progress=args.progress, model=model_identity(cfg, args.weights),
     )
     try:

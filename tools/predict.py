@@ -1,10 +1,19 @@
-"""Run the model on images and write overlay pictures: ``barrier-predict --input frame.jpg``."""
+"""Run the model on images and write overlay pictures: ``barrier-predict --input frame.jpg``.
+
+Output names: ``<output>/<the input's path below the inputs' common folder>_overlay.png``. The
+full file name is kept and sub-folders are mirrored, so ``img.bmp`` and ``img.tif`` write
+``img.bmp_overlay.png`` and ``img.tif_overlay.png``, and ``a/frame_0001.jpg`` and
+``b/frame_0001.jpg`` write ``a/frame_0001.jpg_overlay.png`` and ``b/frame_0001.jpg_overlay.png``:
+no output ever replaces another of the same run. A file given twice is predicted once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from mask2former.config import ConfigError, load_config
@@ -21,13 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="detectron2-style YAML config")
     parser.add_argument("--weights", help="checkpoint (.pkl/.pth), URL or model-zoo name; default MODEL.WEIGHTS")
     parser.add_argument("--input", nargs="+", required=True, help="image files")
-    parser.add_argument("--output", required=True, help="output folder for *_overlay.png")
+    parser.add_argument("--output", required=True,
+                        help="output folder: <name>_overlay.png per input, sub-folders mirrored below the "
+                             "inputs' common folder")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--backend", default=None, help="torch, openvino or auto (default: config DEPLOY.BACKEND)")
     parser.add_argument("--precision", default=None, help="fp32, bf16, fp16 or auto")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
+
+
+def overlay_paths(inputs: Sequence[str], output: Path) -> dict[str, Path]:
+    """Input -> overlay file, one distinct file per distinct input (see the module docstring).
+
+    Raises ValueError if two outputs would differ only in letter case (one file on a case-insensitive
+    disk): better refused than one silently replacing the other.
+    """
+    absolute = {name: os.path.normpath(os.path.abspath(name)) for name in inputs}
+    unique = list(dict.fromkeys(absolute.values()))
+    root = os.path.commonpath([os.path.dirname(path) for path in unique]) if unique else ""
+    targets: dict[str, Path] = {}
+    taken: dict[str, str] = {}
+    for name, path in absolute.items():
+        target = output / (os.path.relpath(path, root) + "_overlay.png")
+        other = taken.setdefault(str(target).casefold(), path)
+        if other != path:
+            raise ValueError(f"{other} and {path} would both write {target} on a case-insensitive disk")
+        targets[name] = target
+    return targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", error)
         return 2
     output = Path(args.output)
+    try:
+        targets = overlay_paths(args.input, output)
+    except ValueError as error:
+        logger.error("%s", error)
+        return 2
     output.mkdir(parents=True, exist_ok=True)
     failures = 0
-    for name in args.input:
+    done: set[Path] = set()
+    for name, target in targets.items():
+        if target in done:
+            logger.info("%s: given twice, predicted once", name)
+            continue
+        done.add(target)
         try:
             image = predictor.load(name)
         except ImageDecodeError as error:
@@ -51,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             continue
         instances = predictor(image)
-        target = output / f"{Path(name).stem}_overlay.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
         save_rgb(str(target), draw_instances(image, instances))
         counts = {label: instances.labels.count(label) for label in sorted(set(instances.labels))}
         logger.info("%s: %d instances %s -> %s", name, len(instances), counts, target)

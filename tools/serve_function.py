@@ -127,10 +127,19 @@ def make_server(function: LocalFunction, host: str = "127.0.0.1", port: int = 80
             self.wfile.write(data)
 
         def _refuse(self, status: HTTPStatus, message: str) -> None:
+            # refused before the function sees the request: logged here, as Nuclio's trigger would
+            logger.warning("request refused (%d): %s", status, message)
             self._send(status, "application/json", json.dumps({"error": message}).encode())
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True
+                self._refuse(HTTPStatus.BAD_REQUEST, f"invalid Content-Length {self.headers['Content-Length']!r:.40}")
+                return
             if length > max_body:
                 self.close_connection = True
                 self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds {max_body}")

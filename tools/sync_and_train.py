@@ -9,8 +9,10 @@ since the last run, as "CVAT for images 1.1" exports with original frames, into 
 under --workdir (fixed train/val split by image hash). When something changed it finetunes (from
 the deployed weights by default), evaluates the new and the deployed model on the same val set,
 and deploys the new one with deploy.sh only when it beats the deployed one by --margin (mask AP)
-and clears the optional per-class floors. A report (Markdown, JSON, plot) is written per run.
-Nothing new in CVAT: exit 0, nothing done.
+and clears the optional per-class floors; the first deployment needs --min-ap (default 10), and a
+model with mask AP 0 or NaN is never deployed. Jobs that left the selection (reopened, moved back a
+stage, deleted) are withdrawn from the next round's dataset. A report (Markdown, JSON, plot) is
+written per run. Nothing new in CVAT: exit 0, nothing done.
 
 Exit status: 0 done (also: nothing new, or the gate kept the deployed model), 2 bad options or
 workdir, 3 CVAT unreachable / credentials refused / export failed, 4 training or evaluation failed,
@@ -29,7 +31,7 @@ from pathlib import Path
 from training.sync.cvat_client import Selection
 from training.sync.deploy import default_deploy_script
 from training.sync.export import ExportSettings
-from training.sync.gate import GateCriteria
+from training.sync.gate import FIRST_DEPLOYMENT_MIN_AP, GateCriteria
 from training.sync.loop import mark_deployed, run_sync
 from training.sync.options import ExitCode, SyncOptions
 from training.sync.redact import forget_secrets, redact, scrubbed_logging
@@ -85,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--metric", default="AP", help="metric to compare (default AP = segm/AP, COCO mask AP 0..100)")
     gate.add_argument("--margin", type=float, default=0.5,
                       help="deploy only when the candidate beats the deployed model by this much (default 0.5)")
-    gate.add_argument("--min-ap", type=float, default=0.0, help="the candidate's minimum metric (default 0)")
+    gate.add_argument("--min-ap", type=float, default=None, metavar="AP",
+                      help=f"the candidate's minimum metric (default: {FIRST_DEPLOYMENT_MIN_AP:g} while no model is "
+                           f"deployed, none after the first deployment, where the deployed model is the bar). A "
+                           f"model with mask AP 0 or NaN, or evaluated on a val set without instances, is never "
+                           f"deployed")
     gate.add_argument("--class-floor", type=_class_floor, action="append", default=[], metavar="CLASS=AP",
                       help="minimum per-class metric of the candidate (repeatable)")
     gate.add_argument("--max-class-drop", type=float, default=None, metavar="AP",

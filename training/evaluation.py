@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -26,7 +25,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mask2former.structures import Instances
-from mask2former.utils import atomic_open
+from mask2former.utils import atomic_open, dumps_json
 
 from .data.records import ImageRecord
 
@@ -156,9 +155,10 @@ def coco_mask_metrics(records: Sequence[ImageRecord], predictions: Sequence[dict
 def write_metrics(path: str | os.PathLike[str], results: Mapping[str, float], iteration: int | None = None,
                   prefix: str = "segm") -> None:
     """Append one JSON line ``{"iteration": N, "segm/AP": ...}`` to ``path`` (detectron2's
-    ``metrics.json`` is JSON lines), rewriting the file atomically. NaN is written as null."""
+    ``metrics.json`` is JSON lines), rewriting the file atomically. NaN and infinities are written
+    as null (:func:`mask2former.utils.dumps_json`)."""
     line: dict[str, Any] = {} if iteration is None else {"iteration": int(iteration)}
-    line.update({f"{prefix}/{key}" if prefix else key: None if math.isnan(value) else float(value)
+    line.update({f"{prefix}/{key}" if prefix else key: None if value is None else float(value)
                  for key, value in results.items()})
     previous = b""
     with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
@@ -167,7 +167,7 @@ def write_metrics(path: str | os.PathLike[str], results: Mapping[str, float], it
         previous += b"\n"
     with atomic_open(path, "wb") as handle:
         handle.write(previous)
-        handle.write(json.dumps(line, allow_nan=False).encode("utf-8") + b"\n")
+        handle.write(dumps_json(line).encode("utf-8") + b"\n")
 
 
 def format_results(results: Mapping[str, float]) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mask2former.utils import atomic_open
+from mask2former.utils import atomic_open, dumps_json
 
 from .evaluation import write_metrics
 
@@ -92,6 +92,6 @@ def truncate_metrics(path: str | Path, start_iter: int) -> None:
         return
     with atomic_open(path, "w") as handle:
         for line in kept:
-            handle.write(json.dumps(line) + "\n")
+            handle.write(dumps_json(line) + "\n")
     logger.info("%s: dropped %d lines from iteration %d on (written again by this run)", path,
                 len(lines) - len(kept), start_iter)

@@ -25,9 +25,17 @@ from .payloads import (
     detector_shape_json,
     format_confidence,
     interactor_shape,
+    sdk_instance_shapes,
     sdk_shape,
 )
-from .polygons import mask_to_polygon, mask_to_polygons, polygon_to_mask, polygons_to_mask, polygons_to_rle
+from .polygons import (
+    instance_polygons,
+    mask_to_polygon,
+    mask_to_polygons,
+    polygon_to_mask,
+    polygons_to_mask,
+    polygons_to_rle,
+)
 from .xml_document import CvatDocument, ImageEntry, LabelSpec
 from .xml_shapes import CvatXmlError, LabelInfo, MaskShape, PolygonShape, Shape
 
@@ -51,6 +59,7 @@ __all__ = [
     "encode_rle",
     "encode_sdk_mask",
     "format_confidence",
+    "instance_polygons",
     "interactor_shape",
     "mask_to_polygon",
     "mask_to_polygons",
@@ -58,6 +67,7 @@ __all__ = [
     "polygon_to_mask",
     "polygons_to_mask",
     "polygons_to_rle",
+    "sdk_instance_shapes",
     "sdk_shape",
     "tight_crop",
 ]

@@ -254,6 +254,28 @@ class CvatDocument:
         """Every ``<image>``, in file order (also those without shapes)."""
         return list(self._images)
 
+    @property
+    def track_count(self) -> int:
+        """``<track>`` elements: only a "CVAT for video 1.1" export has them."""
+        return len(self.root.findall("track"))
+
+    def image_export_problem(self) -> str | None:
+        """Why this file cannot be a task's "CVAT for images 1.1" export, or None.
+
+        That export lists every frame of the task as an ``<image>``, annotated or not. A "CVAT for
+        video 1.1" export has none: its shapes are ``<track>`` elements, frames by number.
+        """
+        if self._images:
+            return None
+        how = ("export the task again with format 'CVAT for images 1.1' (Actions > Export task dataset, "
+               "'Save images' ticked) and use that annotations.xml")
+        if self.track_count:
+            return (f"{self.source}: this is a 'CVAT for video 1.1' export ({self.track_count} <track> "
+                    f"element(s), no <image>): {how}")
+        return (f"{self.source}: no <image> element, so nothing to label: a 'CVAT for images 1.1' export "
+                f"lists every frame of the task, even unannotated ones (a 'CVAT for video 1.1' export of a "
+                f"task without tracks looks like this file): {how}")
+
     def image(self, name: str) -> ImageEntry:
         """The image CVAT would match by ``name``; KeyError if absent."""
         return self._by_name[name]

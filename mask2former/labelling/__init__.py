@@ -2,7 +2,9 @@
 
 - ``names``: CVAT image names -> safe paths (sub-folders kept, traversal refused).
 - ``records``: the per-image prediction record, ``predictions/<name>.json``.
-- ``ownership``: recognising the tool's earlier shapes in an annotation file and replacing them.
+- ``ownership``: recognising the tool's earlier shapes in an annotation file and replacing them;
+  shape digests and frame fingerprints.
+- ``review``: the review rule: frames a person touched since the tool wrote them are left alone.
 - ``outputs``: the output folder and its atomic writers.
 - ``prefetch``: ordered background loading of the next images.
 - ``pipeline``: the run itself, with its crash-safe commit order; ``summary``: its report.

@@ -12,6 +12,10 @@ as the tool's own only while it is *unchanged*:
 A shape a person moved, repainted, relabelled, flagged occluded or gave an attribute no longer
 matches and is kept as human work. z-order, group and source are ignored: CVAT changes them
 without anyone editing the shape.
+
+The same identity, extended to every shape kind and to the occluded flag and non-default
+attributes, gives each shape a *digest*; the sorted digests of a frame are its fingerprint,
+which the review rule compares (see ``review``).
 """
 
 from __future__ import annotations
@@ -70,6 +74,67 @@ def xml_key(shape: Shape, defaults: Mapping[str, Mapping[str, str]]) -> ShapeKey
     return None
 
 
+_IGNORED_XML_ATTRIBUTES = frozenset({"label", "source", "occluded", "z_order", "group_id"})
+
+
+def _number(text: str) -> str:
+    """Numbers as CVAT writes them (2 decimals), so "1" and "1.00" read alike; other text as is."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return f"{value:.2f}" if np.isfinite(value) else text
+
+
+def _element_content(element: ET.Element, *, top: bool = False) -> tuple:
+    """Tag, normalised XML attributes (points to 2 decimals), text and children, order-free.
+    ``top``: a shape's own ``<attribute>`` children are left out (the digest has them apart)."""
+    attributes = []
+    for name, value in element.attrib.items():
+        if name in _IGNORED_XML_ATTRIBUTES:
+            continue
+        if name == "points":
+            value = ";".join(",".join(_number(v) for v in pair.split(",")) for pair in value.split(";"))
+        attributes.append((name, _number(value)))
+    children = sorted(repr(_element_content(child)) for child in element
+                      if isinstance(child.tag, str) and not (top and child.tag == "attribute"))
+    return element.tag, tuple(sorted(attributes)), (element.text or "").strip(), tuple(children)
+
+
+def _digest(content: tuple) -> str:
+    return hashlib.blake2b(repr(content).encode("utf-8"), digest_size=12).hexdigest()
+
+
+def shape_identity(shape: Shape, defaults: Mapping[str, Mapping[str, str]]) -> tuple[str, ShapeKey | None]:
+    """``(digest, key)`` of a shape of an input file, its pixels decoded once.
+
+    The digest covers everything a person can change: kind, label, pixels or vertices, occluded,
+    attribute values other than the label's default (CVAT writes those into every exported
+    shape). Not source, z-order or group: CVAT changes them on its own. The key is
+    :func:`xml_key`'s: what the shape is matched by when it may be one of the tool's own.
+    """
+    label_defaults = defaults.get(shape.label, {})
+    attributes = tuple(sorted((name, value) for name, value in shape.attributes.items()
+                              if label_defaults.get(name) != value))
+    geometry: tuple | None = None
+    try:
+        if isinstance(shape, MaskShape):
+            geometry = _mask_key(shape.label, shape.crop(), shape.box)
+        elif isinstance(shape, PolygonShape):
+            geometry = _polygon_key(shape.label, shape.points)
+    except CvatXmlError:
+        geometry = None
+    key = geometry if geometry is not None and not shape.occluded and not attributes else None
+    if geometry is None:  # every other kind (box, points, skeleton, tag, ...) or a broken mask
+        geometry = (shape.label, *_element_content(shape.element, top=True))
+    return _digest((shape.occluded, attributes, geometry)), key
+
+
+def record_shape_digest(shape: ShapeRecord) -> str:
+    """The digest (:func:`shape_identity`) a shape the tool writes has after a trip through CVAT."""
+    return _digest((False, (), record_key(shape)))
+
+
 def attribute_defaults(document: CvatDocument) -> dict[str, dict[str, str]]:
     """``{label: {attribute: default value}}`` from ``<meta>`` (task, job or project labels)."""
     defaults: dict[str, dict[str, str]] = {}
@@ -97,10 +162,36 @@ class AnnotationMerger:
         self.input_shapes = {image.name: len(image.shapes()) for image in document.images}
         self.written: dict[str, list[ShapeRecord]] = {}
         self.failed: list[tuple[str, str]] = []
+        self._inputs: dict[str, list[tuple[str, ShapeKey | None]]] = {}
+
+    # --- what the input file holds ---------------------------------------------------------
+
+    def input_state(self, name: str) -> list[tuple[str, ShapeKey | None]]:
+        """:func:`shape_identity` of every shape the input file has for image ``name``, taken
+        before any record changes the image (``apply`` takes it first)."""
+        state = self._inputs.get(name)
+        if state is None:
+            state = [shape_identity(shape, self._defaults) for shape in self.document.image(name).shapes()]
+            self._inputs[name] = state
+        return state
+
+    def input_fingerprint(self, name: str) -> tuple[str, ...]:
+        """Sorted shape digests of the image as the input file has it."""
+        return tuple(sorted(digest for digest, _ in self.input_state(name)))
+
+    def output_fingerprint(self, record: PredictionRecord) -> tuple[str, ...]:
+        """The fingerprint image ``record.image`` has once ``apply(record)`` ran on the input file:
+        the input shapes the record does not own plus the record's shapes."""
+        owned = {key for shape in record.owned if (key := record_key(shape)) is not None}
+        kept = [digest for digest, key in self.input_state(record.image) if key is None or key not in owned]
+        return tuple(sorted(kept + [record_shape_digest(shape) for shape in record.shapes]))
+
+    # --- editing ---------------------------------------------------------------------------
 
     def apply(self, record: PredictionRecord, *, add: bool = True) -> int:
         """Put ``record`` into its image; returns how many existing shapes it replaced."""
         image = self.document.image(record.image)
+        self.input_state(record.image)
         owned = {key for shape in record.owned if (key := record_key(shape)) is not None}
         removed = 0
         if owned:

@@ -15,6 +15,10 @@ is some earlier complete state. ``--resume`` keeps every record of the current g
 with the same settings, predicts the other images, and rebuilds the file from the input: no
 committed prediction is lost, and since shapes come only from records, each exactly once, none
 is duplicated.
+
+Before anything is predicted, each frame's state is decided by the review rule (``review``):
+frames a person has touched since the tool wrote them are left exactly as the input has them
+and are not predicted, unless ``relabel_reviewed``.
 """
 
 from __future__ import annotations
@@ -46,13 +50,15 @@ from .outputs import OutputFolder
 from .ownership import AnnotationMerger
 from .prefetch import prefetch
 from .records import PredictionRecord, RecordError, build_record, shape_kinds
+from .review import LEFT_ALONE, frame_state
 from .summary import LabelSummary
 
 logger = logging.getLogger(__name__)
 
 
 class FatalInputError(Exception):
-    """The run cannot start: no or unsafe/malformed annotation file, or unusable folders."""
+    """The run cannot start: no, unsafe, malformed or unusable annotation file (a "CVAT for video"
+    export, no image), or unusable folders."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class LabelOptions:
     workers: int = 2
     polygons: bool = False
     overwrite: bool = False
+    relabel_reviewed: bool = False
+    records_from: Path | None = None
     save_interval: float = 60.0
     progress: bool | None = None
     model: Mapping[str, Any] = field(default_factory=dict)
@@ -103,6 +111,9 @@ def label_folder(predictor: Predictor, options: LabelOptions) -> LabelSummary:
     if options.batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {options.batch_size}")
     document, images_dir = _load_input(options.input_dir)
+    if options.records_from is not None and not (options.records_from / "predictions").is_dir():
+        raise FatalInputError(f"--records-from {options.records_from}: no predictions/ folder there "
+                              "(give the --output_dir of the earlier run)")
     out = OutputFolder(options.output_dir)
     if out.annotations.exists() and os.path.samefile(out.annotations, options.input_dir / "annotations.xml"):
         raise FatalInputError("the output folder would overwrite the input annotations.xml; choose another one")
@@ -119,7 +130,8 @@ def label_folder(predictor: Predictor, options: LabelOptions) -> LabelSummary:
     summary = LabelSummary(annotations=out.annotations, images=len(document.images))
     merger = AnnotationMerger(document)
     records: dict[str, PredictionRecord] = {}
-    jobs = _plan(document, images_dir, out, merger, records, summary, generation=generation, settings=settings)
+    jobs = _plan(document, images_dir, out, merger, records, summary, generation=generation, settings=settings,
+                 options=options)
 
     loop_started = time.perf_counter()
     bar = tqdm(total=len(jobs), unit="img", desc="labelling", disable=None if options.progress is None
@@ -152,34 +164,57 @@ def _load_input(input_dir: Path) -> tuple[CvatDocument, Path]:
         raise FatalInputError(str(error)) from None
     except OSError as error:
         raise FatalInputError(f"{annotations}: cannot read: {error}") from None
+    problem = document.image_export_problem()
+    if problem is not None:
+        raise FatalInputError(problem)
     if document.version not in (None, "1.1"):
         logger.warning("%s: version %r, expected 1.1 (CVAT for images)", annotations, document.version)
+    if document.track_count:
+        logger.warning("%s: %d <track> element(s) ignored (CVAT for images has none)", annotations,
+                       document.track_count)
     images_dir = input_dir / "images"
     if not images_dir.is_dir():
         logger.warning("%s is not a folder: only images with earlier predictions can be kept", images_dir)
     return document, images_dir
 
 
+def _read_record(out: OutputFolder, earlier: OutputFolder | None, name: str) -> tuple[PredictionRecord | None, bool]:
+    """The image's record here, else in ``--records-from`` (second value: it is from there)."""
+    record = out.read_record(name)
+    if record is None and earlier is not None:
+        record = earlier.read_record(name)
+        return record, record is not None
+    return record, False
+
+
 def _plan(document: CvatDocument, images_dir: Path, out: OutputFolder, merger: AnnotationMerger,
           records: dict[str, PredictionRecord], summary: LabelSummary, *, generation: str,
-          settings: Mapping[str, Any]) -> list[_Job]:
-    """Reuse usable records, apply older ones until replaced, and list the images to predict."""
+          settings: Mapping[str, Any], options: LabelOptions) -> list[_Job]:
+    """Leave reviewed frames alone, reuse usable records, apply older ones until replaced, and
+    list the images to predict."""
     jobs: list[_Job] = []
     stale = 0
+    earlier = None if options.records_from is None else OutputFolder(options.records_from)
     for entry in document.images:
         try:
             path = image_file(images_dir, entry.name)
-            record = out.read_record(entry.name)
+            record, foreign = _read_record(out, earlier, entry.name)
         except UnsafeImageNameError as error:
             summary.skip("bad_name", entry.name, str(error))
             continue
         except RecordError as error:
-            logger.warning("%s; predicting the image again (shapes that record wrote earlier cannot be "
-                           "recognised and stay in the file)", error)
-            record = None
-        if record is not None and record.usable_for(generation, settings, entry.width, entry.height):
+            logger.warning("%s; the image counts as one without a record (shapes that record wrote earlier "
+                           "cannot be recognised and stay in the file)", error)
+            record, foreign = None, False
+        state = frame_state(record, merger.input_fingerprint(entry.name), entry)
+        if state in LEFT_ALONE:
+            if not options.relabel_reviewed:
+                summary.leave_alone(state, entry.name)
+                continue
+            summary.relabelled_reviewed += 1
+        if record is not None and not foreign and record.usable_for(generation, settings, entry.width, entry.height):
             merger.apply(record)
-            records[entry.name] = record
+            records[entry.name] = _with_current_frame(out, merger, record)
             summary.reused += 1
             continue
         if record is not None:
@@ -196,6 +231,15 @@ def _plan(document: CvatDocument, images_dir: Path, out: OutputFolder, merger: A
         logger.info("%d image(s) have predictions from an earlier run or other settings: predicting them again",
                     stale)
     return jobs
+
+
+def _with_current_frame(out: OutputFolder, merger: AnnotationMerger, record: PredictionRecord) -> PredictionRecord:
+    """A reused record, its fingerprints brought up to this input (rewritten only when they
+    changed): the frame as this run found and leaves it is what the next run compares with."""
+    current = record.with_frame(merger.input_fingerprint(record.image), merger.output_fingerprint(record))
+    if current != record:
+        out.write_record(current)
+    return current
 
 
 def _load(job: _Job) -> np.ndarray:
@@ -310,6 +354,7 @@ class _Committer:
         name = job.entry.name
         record = build_record(name, instances, kinds=self.kinds, generation=self.generation,
                               settings=self.settings, previous=job.previous)
+        record = record.with_frame(self.merger.input_fingerprint(name), self.merger.output_fingerprint(record))
         self.out.write_visual(name, draw_instances(image, instances))
         self.out.write_record(record)  # the commit point of this image
         self.merger.apply(record)

@@ -5,11 +5,15 @@ tool wrote into the annotation file for it:
 
 - ``instances``: every predicted instance (label, score, exclusive box, CVAT RLE of the mask
   inside the box) and what was written for it: ``"mask"`` (that RLE and box), ``"polygon"``
-  (one outline per connected component, grouped in CVAT) or nothing, with a ``note`` saying why;
+  (``instance_polygons``: one outline per piece, slivers dropped, the pieces grouped in CVAT)
+  or nothing, with a ``note`` saying why;
 - ``replaced``: shapes written by earlier runs for the same image. They are still recognised as
   the tool's own (and removed) when found unchanged in an input annotation file;
 - ``generation`` and ``settings``: which run and which model settings produced it, so a resumed
-  run knows whether the record can be reused.
+  run knows whether the record can be reused;
+- ``frame``: the fingerprints (sorted shape digests, see ``ownership``) of the image as the
+  tool found it in its input file and as it left it, so a later run can tell whether a person
+  has touched the frame since (see ``review``). Records written before this existed lack it.
 
 The annotation file is always rebuilt from the input file plus these records, never edited in
 place, which is what makes a killed run safe to resume (see ``pipeline``).
@@ -18,12 +22,12 @@ place, which is what makes a killed run safe to resume (see ``pipeline``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ..cvat import CvatDocument, decode_rle, encode_rle, mask_to_polygons
+from ..cvat import CvatDocument, decode_rle, encode_rle, instance_polygons
 from ..structures import Instances
 
 FORMAT = "barrier-annotator/prediction"
@@ -68,8 +72,8 @@ class ShapeRecord:
 class InstanceRecord:
     """One predicted instance and the shapes written for it.
 
-    One mask, or one polygon per connected component (CVAT polygons have a single outline; the
-    parts of a rail split by a post are written as a group). No shape: see ``note``.
+    One mask, or the polygons of ``instance_polygons`` (CVAT polygons have a single outline; the
+    pieces of a rail split by a post are written as one group). No shape: see ``note``.
     """
 
     label: str
@@ -122,6 +126,8 @@ class PredictionRecord:
     settings: Mapping[str, Any]
     instances: tuple[InstanceRecord, ...] = ()
     replaced: tuple[ShapeRecord, ...] = field(default=())
+    input_shapes: tuple[str, ...] | None = None
+    output_shapes: tuple[str, ...] | None = None
 
     @property
     def shapes(self) -> list[ShapeRecord]:
@@ -138,7 +144,13 @@ class PredictionRecord:
         return (self.generation == generation and dict(self.settings) == dict(settings)
                 and (self.width, self.height) == (width, height))
 
+    def with_frame(self, input_shapes: Sequence[str], output_shapes: Sequence[str]) -> PredictionRecord:
+        """This record with the image's fingerprints before and after the tool wrote it."""
+        return replace(self, input_shapes=tuple(sorted(input_shapes)), output_shapes=tuple(sorted(output_shapes)))
+
     def to_json(self) -> dict[str, Any]:
+        frame = None if self.input_shapes is None or self.output_shapes is None else {
+            "input": list(self.input_shapes), "output": list(self.output_shapes)}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -147,6 +159,7 @@ class PredictionRecord:
             "settings": dict(self.settings),
             "instances": [instance.to_json() for instance in self.instances],
             "replaced": [shape.to_json() for shape in self.replaced],
+            "frame": frame,
         }
 
     @classmethod
@@ -165,11 +178,21 @@ class PredictionRecord:
                 settings=dict(data["settings"]),
                 instances=tuple(InstanceRecord.from_json(item) for item in data["instances"]),
                 replaced=tuple(ShapeRecord.from_json(item) for item in data.get("replaced", ())),
+                **_frame_from_json(data.get("frame")),
             )
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, RecordError):
                 raise
             raise RecordError(f"malformed record: {type(error).__name__}: {error}") from None
+
+
+def _frame_from_json(frame: Any) -> dict[str, tuple[str, ...] | None]:
+    if frame is None:
+        return {"input_shapes": None, "output_shapes": None}
+    if not isinstance(frame, Mapping):
+        raise RecordError(f"frame must be an object, got {type(frame).__name__}")
+    return {key: tuple(sorted(str(v) for v in frame[name])) for key, name in
+            (("input_shapes", "input"), ("output_shapes", "output"))}
 
 
 # --- which shape each label gets ---------------------------------------------------------------
@@ -229,7 +252,7 @@ def build_record(
             shapes = (ShapeRecord(label, "mask", box=box, rle=rle),)
         elif kind == "polygon":
             shapes = tuple(ShapeRecord(label, "polygon", points=quantise_points(points))
-                           for points in mask_to_polygons(crop, box))
+                           for points in instance_polygons(crop, box))
             note = None if shapes else "no polygon CVAT accepts"
         else:
             note = kind.removeprefix("skip: ")

@@ -16,16 +16,25 @@ SKIP_REASONS = {
     "inference_failed": "the model failed on it",
 }
 
+LEFT_ALONE_REASONS = {
+    "reviewed": "a person changed the frame since this tool wrote it (--relabel-reviewed labels them again)",
+    "unknown": "no record of this tool here and shapes uploaded from a file (source \"file\"): point "
+               "--records-from at the earlier output folder, or --relabel-reviewed to label them anyway",
+}
+
 
 @dataclass
 class LabelSummary:
-    """Counts of one run. ``skipped`` maps a reason (see :data:`SKIP_REASONS`) to messages."""
+    """Counts of one run. ``skipped`` maps a reason (see :data:`SKIP_REASONS`) to messages;
+    ``left_alone`` a review state (see :data:`LEFT_ALONE_REASONS`) to the frames kept as they are."""
 
     annotations: Path
     images: int = 0
     predicted: int = 0
     reused: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    left_alone: dict[str, list[str]] = field(default_factory=dict)
+    relabelled_reviewed: int = 0
     shapes: Counter[str] = field(default_factory=Counter)
     not_written: Counter[str] = field(default_factory=Counter)
     kept_input_shapes: int = 0
@@ -36,6 +45,13 @@ class LabelSummary:
 
     def skip(self, reason: str, name: str, message: str) -> None:
         self.skipped.setdefault(reason, []).append(f"{name}: {message}")
+
+    def leave_alone(self, state: str, name: str) -> None:
+        self.left_alone.setdefault(state, []).append(name)
+
+    @property
+    def left_alone_count(self) -> int:
+        return sum(len(items) for items in self.left_alone.values())
 
     @property
     def skipped_count(self) -> int:
@@ -58,6 +74,9 @@ class LabelSummary:
             "predicted": self.predicted,
             "reused": self.reused,
             "skipped": {reason: items for reason, items in sorted(self.skipped.items())},
+            "left_alone": {state: items for state, items in sorted(self.left_alone.items())},
+            "reviewed_left_alone": len(self.left_alone.get("reviewed", ())),
+            "relabelled_reviewed": self.relabelled_reviewed,
             "shapes_per_class": dict(sorted(self.shapes.items())),
             "predictions_not_written": dict(sorted(self.not_written.items())),
             "kept_input_shapes": self.kept_input_shapes,
@@ -70,8 +89,19 @@ class LabelSummary:
 
     def log(self, logger: logging.Logger, *, show: int = 5) -> None:
         """Closing summary: a few lines a person reads at the end of a long run."""
-        logger.info("images: %d in the annotation file, %d predicted, %d kept from an earlier run, %d skipped",
-                    self.images, self.predicted, self.reused, self.skipped_count)
+        logger.info("images: %d in the annotation file, %d predicted, %d kept from an earlier run, "
+                    "%d left alone (reviewed), %d skipped", self.images, self.predicted, self.reused,
+                    self.left_alone_count, self.skipped_count)
+        for state, items in sorted(self.left_alone.items()):
+            level = logging.INFO if state == "reviewed" else logging.WARNING  # "unknown" may surprise
+            logger.log(level, "left as they are (%s): %d frame(s), %s", state, len(items),
+                       LEFT_ALONE_REASONS.get(state, state))
+            for item in items[:show]:
+                logger.log(level, "  %s", item)
+            if len(items) > show:
+                logger.log(level, "  ... and %d more (see summary.json)", len(items) - show)
+        if self.relabelled_reviewed:
+            logger.warning("%d reviewed frame(s) labelled again (--relabel-reviewed)", self.relabelled_reviewed)
         for reason, items in sorted(self.skipped.items()):
             logger.warning("skipped (%s): %d image(s), %s", reason, len(items), SKIP_REASONS.get(reason, reason))
             for item in items[:show]:

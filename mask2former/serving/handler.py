@@ -2,8 +2,10 @@
 (``functions/``), the local server and the native cvat-sdk function (``tools/``).
 
 It turns a request body into a :class:`Reply` (status, JSON text) and never raises: refusals
-are 4xx with ``{"error": ...}``, anything unexpected is a 500 logged with its traceback, and the
-worker goes on serving the next frame (a CVAT batch job fails whole on one error).
+are 4xx with ``{"error": ...}`` and a WARNING log line with the reason (CVAT shows its user only
+"400 Client Error", so the function's log is where the reason is read), anything unexpected is a
+500 logged with its traceback, and the worker goes on serving the next frame (a CVAT batch job
+fails whole on one error).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..cvat.payloads import detector_shape_json, interactor_shape, sdk_shape
+from ..cvat.payloads import detector_response_json, interactor_shape, sdk_shape
 from ..cvat.polygons import DEFAULT_EPSILON
 from ..structures import Instances
 from .interactor import Prompt, choose_instance
 from .requests import (
     DEFAULT_MAX_PIXELS,
     RequestError,
+    describe_body,
     parse_detector_request,
     parse_interactor_request,
 )
@@ -111,14 +114,9 @@ class ModelHandler:
 
     def detector_json(self, instances: Instances) -> str:
         """The detector response body: a JSON array, one mask item per instance (``[]`` when none)."""
-        items = []
-        for index, label in enumerate(instances.labels):
-            crop, box = instances.mask_crop(index)
-            item = detector_shape_json(label, crop, box, score=float(instances.scores[index]),
-                                       epsilon=self.polygon_epsilon)
-            if item is not None:
-                items.append(item)
-        return f"[{','.join(items)}]"
+        shapes = ((label, *instances.mask_crop(index), float(instances.scores[index]))
+                  for index, label in enumerate(instances.labels))
+        return detector_response_json(shapes, epsilon=self.polygon_epsilon)
 
     def sdk_shapes(self, instances: Instances, *, as_polygons: bool = False) -> list[Any]:
         """cvat-sdk auto-annotation shapes; label ids are the model's class indices (the spec's ids)."""
@@ -143,7 +141,9 @@ class ModelHandler:
             else:
                 raise ValueError(f"unknown function kind {kind!r}; expected one of {KINDS}")
         except RequestError as error:
-            logger.warning("%s request refused (%d): %s", kind, error.status, error.message)
+            # CVAT shows the user only "400 Client Error": this line is where the reason is found
+            logger.warning("%s request refused (%d): %s; the request had %s", kind, error.status, error.message,
+                           describe_body(body))
             return Reply.error(error.status, error.message)
         except Exception as error:  # the worker must survive anything one frame does
             logger.exception("%s request failed", kind)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import json
 import math
 import re
+import reprlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +34,30 @@ _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 
 Point = tuple[float, float]
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 3, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: refusals quote the client's value, which may be huge."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def describe_body(body: Any, max_keys: int = 12) -> str:
+    """What a request carried, for the log line of a refusal: field names and sizes, never pixels."""
+    if isinstance(body, Mapping):
+        names = [str(key)[:40] for key in itertools.islice(body, max_keys)]
+        more = f", ... ({len(body)} fields)" if len(body) > max_keys else ""
+        return f"fields [{', '.join(names)}{more}]"
+    if isinstance(body, str):
+        return f"a text body of {len(body)} characters"
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return f"a body of {memoryview(body).nbytes} bytes"
+    return f"a {type(body).__name__} body"
 
 
 class RequestError(ValueError):
@@ -83,7 +109,7 @@ def parse_threshold(body: Mapping[str, Any], default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(400, f"threshold must be a number in [0, 1], got {value!r}")
+        raise RequestError(400, f"threshold must be a number in [0, 1], got {short_repr(value)}")
     value = float(value)
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise RequestError(400, f"threshold must be within [0, 1], got {value}")
@@ -131,7 +157,7 @@ def _point(value: Any, where: str) -> Point:
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)
             or not all(math.isfinite(float(v)) for v in value)):
-        raise RequestError(400, f"{where} must be an [x, y] pair of numbers, got {value!r}")
+        raise RequestError(400, f"{where} must be an [x, y] pair of numbers, got {short_repr(value)}")
     return float(value[0]), float(value[1])
 
 
@@ -146,14 +172,19 @@ def parse_points(body: Mapping[str, Any], key: str) -> tuple[Point, ...]:
 
 
 def parse_box(body: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
-    """``obj_bbox`` as CVAT sends it, ``[[xtl, ytl], [xbr, ybr]]`` (a flat 4-list is accepted too)."""
+    """``obj_bbox`` as CVAT sends it, ``[[xtl, ytl], [xbr, ybr]]`` (a flat 4-list is accepted too).
+
+    No box is ``[]`` (what CVAT 2.73's UI sends for a plain click), null or no key at all; any
+    other value must be a well-formed box.
+    """
     value = body.get("obj_bbox")
-    if value is None:
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
         return None
     if isinstance(value, (list, tuple)) and len(value) == 4:
         value = [value[:2], value[2:]]
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise RequestError(400, f"'obj_bbox' must be [[xtl, ytl], [xbr, ybr]], got {value!r}")
+        raise RequestError(400, f"'obj_bbox' must be [[xtl, ytl], [xbr, ybr]] or [] for no box, "
+                                f"got {short_repr(value)}")
     (x0, y0), (x1, y1) = (_point(corner, "'obj_bbox' corner") for corner in value)
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 

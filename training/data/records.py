@@ -74,7 +74,23 @@ class BitmaskSource:
         return int(np.count_nonzero(self.crop))
 
 
-MaskSource = PolygonSource | RLESource | BitmaskSource
+@dataclass(frozen=True, eq=False)
+class UnionSource:
+    """Several sources that are one object (CVAT shapes sharing a group): the union of their masks."""
+
+    parts: tuple[PolygonSource | RLESource | BitmaskSource, ...]
+
+    def decode(self, height: int, width: int) -> np.ndarray:
+        mask = np.zeros((height, width), dtype=bool)
+        for part in self.parts:
+            mask |= part.decode(height, width)
+        return mask
+
+    def area(self, height: int, width: int) -> int:
+        return int(np.count_nonzero(self.decode(height, width)))
+
+
+MaskSource = PolygonSource | RLESource | BitmaskSource | UnionSource
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ One module per job, composed by :mod:`training.sync.loop` (and the thin CLI
 - ``retry``: one retry policy (exponential backoff, bounded) for every CVAT call.
 - ``cvat_client``: credentials, connection, selection of finished jobs.
 - ``export``: CVAT 1.1 export with images: request, poll, download to staging, validate.
-- ``dataset_store``: the versioned local dataset (manifest, content hashes, split by hash, rounds).
+- ``digest``: the canonical annotation digest (the same for every CVAT export of the same annotations).
+- ``dataset_store``: the versioned local dataset (manifest, content hashes, split by hash, rounds,
+  jobs withdrawn when they leave the selection).
 - ``trainer``: the adapter over :mod:`training.engine` (finetune, evaluate).
-- ``gate``: candidate vs deployed metrics -> deploy or not, with reasons.
+- ``gate``: candidate vs deployed metrics -> deploy or not, with reasons (never a model with AP 0).
 - ``deploy``: package weights + config, the ``deploy.sh`` command, ``deployed.json``.
 - ``run_state``: per-run step record for ``--resume``; the workdir lock.
 - ``report``: Markdown + JSON + per-class AP plot.

@@ -207,3 +207,24 @@ def _job_info(job: object) -> JobInfo:
                    project_id=getattr(job, "project_id", None), stage=text(job.stage), state=text(job.state),
                    updated_date=updated.isoformat() if hasattr(updated, "isoformat") else str(updated),
                    start_frame=int(job.start_frame), stop_frame=int(job.stop_frame))
+
+
+def departure_reason(client: Client, job_id: int, selection: Selection, policy: RetryPolicy) -> str:
+    """Why a pulled job is no longer selected, in words for the log and the report (asks CVAT)."""
+    try:
+        job = with_retries(lambda: client.jobs.retrieve(job_id), f"GET job {job_id}", policy)
+    except NotFoundException:
+        return "deleted in CVAT (the job or its task)"
+    except (ApiException, RetriesExhausted) as error:
+        return f"no longer in the selection (its current state is unknown: {describe_error(error)})"
+    info = _job_info(job)
+    now = f"now stage {info.stage or '?'}, state {info.state or '?'}"
+    in_scope = info.task_id in selection.tasks or \
+        (info.project_id is not None and info.project_id in selection.projects)
+    if not in_scope:
+        return f"its task {info.task_id} is outside the selection now (project {info.project_id}; {now})"
+    if selection.stage and info.stage != selection.stage:
+        return f"moved to stage {info.stage} ({now})"
+    if selection.state and info.state != selection.state:
+        return f"reopened ({now})" if selection.state == "completed" else f"state changed ({now})"
+    return f"no longer in the selection ({now})"

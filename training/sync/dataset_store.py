@@ -7,13 +7,22 @@ Layout under ``<workdir>/dataset``::
     sources/job_<id>/<content>.xml     each job's annotations as exported (every version kept)
     annotations/round_<n>/{train,val}.xml   the merged CVAT 1.1 files a round trains/validates on
 
-The manifest holds, per image, its task, job, frame name, content sha256, annotation sha256, split
-and the rounds it first appeared / last changed in; per job the ``updated_date`` last pulled; per
-round what changed and the counts. An image is in ``val`` when ``int(sha256, 16) % 100 <
-val_percent``: a frame never changes split, so earlier rounds' val images stay val and every
-comparison between models is made on a set that only grows. Pulling is idempotent: a job whose
-``updated_date`` did not change is not downloaded, and a download whose content did not change
-makes no round.
+The manifest holds, per image, its task, job, frame name, content sha256, annotation digest
+(canonical: :mod:`.digest`), split and the rounds it first appeared / last changed in; per job the
+``updated_date`` last pulled; per round what changed and the counts. An image is in ``val`` when
+``int(sha256, 16) % 100 < val_percent``: a frame never changes split, so earlier rounds' val images
+stay val and every comparison between models is made on a set that only grows. Pulling is
+idempotent: a job whose ``updated_date`` did not change is not downloaded, and a download whose
+content did not change makes no round.
+
+A job that left the selection (reopened, moved back a stage, deleted with its task) is
+*withdrawn*: its images stay in the manifest, marked with the round that withdrew them, and are
+left out of that round's files; the withdrawal is a change (it makes a round, the report names
+it). When the job is selected again its images *return* (another change).
+
+Manifest version 1 (before withdrawals) held digests of the XML in document order; it is
+upgraded on load by recomputing each image's digest from the job's kept ``sources/`` file, so an
+upgrade never makes a round by itself.
 """
 
 from __future__ import annotations
@@ -24,23 +33,26 @@ import json
 import logging
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from mask2former.cvat import CvatDocument, LabelSpec
+from mask2former.cvat import CvatDocument, CvatXmlError, LabelSpec
 from mask2former.utils import atomic_open, atomic_write_json
 
 from .cvat_client import JobInfo
-from .export import check_export
+from .digest import DIGEST_VERSION, document_digests
+from .export import ExportError, check_export
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1 is upgraded on load
+COUNTS = ("new", "changed", "removed", "withdrawn", "returned")
 DEFAULT_VAL_PERCENT = 20
 TRAINABLE_KINDS = ("mask", "polygon")
 
@@ -58,16 +70,6 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def annotation_digest(shapes: Iterable[ET.Element], width: int, height: int) -> str:
-    """Hash of an image's annotation elements (the export's dates and ids do not count)."""
-    digest = hashlib.sha256(f"{width}x{height}".encode())
-    for element in shapes:
-        clone = copy.copy(element)  # shallow: only the tail (layout whitespace) is dropped
-        clone.tail = None
-        digest.update(ET.tostring(clone, encoding="utf-8"))
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class IngestResult:
     job_id: int
@@ -76,10 +78,11 @@ class IngestResult:
     changed: int
     removed: int
     bytes: int
+    returned: int = 0  # images of a withdrawn job that are back
 
     @property
     def content_changed(self) -> bool:
-        return bool(self.new or self.changed or self.removed)
+        return bool(self.new or self.changed or self.removed or self.returned)
 
 
 class DatasetStore:
@@ -95,14 +98,50 @@ class DatasetStore:
     def manifest(self) -> dict[str, Any]:
         if self._manifest is None:
             if self.path.is_file():
-                self._manifest = json.loads(self.path.read_text(encoding="utf-8"))
-                if self._manifest.get("version") != MANIFEST_VERSION:
-                    raise DatasetError(f"{self.path}: manifest version {self._manifest.get('version')!r}, "
-                                       f"expected {MANIFEST_VERSION}")
+                manifest = json.loads(self.path.read_text(encoding="utf-8"))
+                if manifest.get("version") not in READABLE_VERSIONS:
+                    raise DatasetError(f"{self.path}: manifest version {manifest.get('version')!r}, "
+                                       f"expected one of {READABLE_VERSIONS}")
+                if manifest.get("digest_version", 1) != DIGEST_VERSION:
+                    self._recompute_digests(manifest)
+                manifest["version"] = MANIFEST_VERSION
+                self._manifest = manifest
             else:
-                self._manifest = {"version": MANIFEST_VERSION, "created": now(), "val_percent": None,
-                                  "images": {}, "jobs": {}, "rounds": [], "pending": {}}
+                self._manifest = {"version": MANIFEST_VERSION, "digest_version": DIGEST_VERSION, "created": now(),
+                                  "val_percent": None, "selection": None, "images": {}, "jobs": {}, "rounds": [],
+                                  "pending": {}}
         return self._manifest
+
+    def _recompute_digests(self, manifest: dict[str, Any]) -> None:
+        """Upgrade older digests from each job's kept source file (in memory; saved with the next change).
+
+        The source holds exactly the annotations the stored digest was taken from, so the
+        recomputed digest describes the same content and the upgrade alone never makes a round.
+        An image whose source is missing keeps its old digest, marked ``annotations_legacy``: its
+        next pull adopts the new digest without counting it as a change.
+        """
+        images = manifest["images"]
+        recomputed = legacy = 0
+        for job_id, job in manifest["jobs"].items():
+            keys = [key for key, entry in images.items() if str(entry["job_id"]) == job_id]
+            try:
+                digests = document_digests(CvatDocument.load(self.root / job["source"]))
+            except (OSError, CvatXmlError) as error:
+                logger.warning("job %s: cannot recompute annotation digests from %s (%s); its next pull "
+                               "adopts new digests without counting a change", job_id, job["source"], error)
+                digests = {}
+            for key in keys:
+                entry = images[key]
+                if entry["frame"] in digests:
+                    entry["annotations_sha256"] = digests[entry["frame"]]
+                    entry.pop("annotations_legacy", None)
+                    recomputed += 1
+                else:
+                    entry["annotations_legacy"] = True
+                    legacy += 1
+        logger.info("%s: annotation digests upgraded to version %d (%d recomputed from sources/, %d legacy)",
+                    self.path, DIGEST_VERSION, recomputed, legacy)
+        manifest["digest_version"] = DIGEST_VERSION
 
     def save(self) -> None:
         self.manifest["updated"] = now()
@@ -119,27 +158,59 @@ class DatasetStore:
             raise DatasetError(f"--val-percent must be within 0..100, got {value}")
         return int(value)
 
+    def selection_changed(self, description: str) -> str | None:
+        """The selection this dataset was pulled with, when ``description`` differs from it (else None)."""
+        stored = self.manifest.get("selection")
+        return stored if stored not in (None, description) else None
+
     # ------------------------------------------------------------------ pulling
     def changed_jobs(self, jobs: Sequence[JobInfo]) -> list[tuple[JobInfo, str]]:
-        """Jobs never pulled (``new``) or updated in CVAT since (``updated``)."""
+        """Jobs never pulled (``new``), updated in CVAT since (``updated``) or back after a withdrawal
+        (``returned``)."""
         known = self.manifest["jobs"]
         changed = []
         for job in jobs:
             entry = known.get(str(job.id))
             if entry is None:
                 changed.append((job, "new"))
+            elif entry.get("withdrawn"):
+                changed.append((job, "returned"))
             elif entry["updated_date"] != job.updated_date:
                 changed.append((job, "updated"))
         return changed
+
+    def departed_jobs(self, jobs: Sequence[JobInfo]) -> list[tuple[int, dict[str, Any]]]:
+        """Pulled jobs (not withdrawn yet) missing from the selection ``jobs``: (id, manifest entry)."""
+        selected = {job.id for job in jobs}
+        return [(int(job_id), entry) for job_id, entry in sorted(self.manifest["jobs"].items(), key=lambda i: int(i[0]))
+                if int(job_id) not in selected and not entry.get("withdrawn")]
+
+    def withdraw(self, job_id: int, reason: str) -> int:
+        """Take a job's images out of the next round (the manifest keeps them); returns how many."""
+        job = self.manifest["jobs"][str(job_id)]
+        if job.get("withdrawn"):
+            return 0
+        keys = [key for key, entry in self.manifest["images"].items()
+                if entry["job_id"] == job_id and not entry.get("withdrawn")]
+        for key in keys:
+            self.manifest["images"][key]["withdrawn"] = {"round": None, "reason": reason}
+        job["withdrawn"] = {"round": None, "reason": reason, "noticed": now()}
+        self._pend(job_id, job["task_id"], job["task_name"], job["updated_date"], withdrawn=len(keys), reason=reason)
+        self.save()
+        return len(keys)
 
     def ingest(self, job: JobInfo, export_zip: Path, val_percent: int) -> IngestResult:
         """Add one job's checked export: images first, its annotations file, then the manifest."""
         manifest = self.manifest
         manifest["val_percent"] = val_percent
         contents = check_export(export_zip, verify_crc=False)
+        try:
+            digests = document_digests(contents.document)
+        except CvatXmlError as error:
+            raise ExportError(f"job {job.id}: unusable annotations in its export: {error}") from None
         images = manifest["images"]
         seen: dict[str, dict[str, Any]] = {}
-        new = changed = written = 0
+        new = changed = returned = cancelled = written = 0
         with zipfile.ZipFile(export_zip) as archive:
             for image in contents.document.images:
                 data = archive.read(contents.members[image.name])
@@ -152,20 +223,26 @@ class DatasetStore:
                     written += len(data)
                 entry = {"task_id": job.task_id, "job_id": job.id, "frame": image.name, "file": f"images/{key}",
                          "sha256": sha, "width": image.width, "height": image.height,
-                         "annotations_sha256": annotation_digest((s.element for s in image.shapes()),
-                                                                 image.width, image.height),
-                         "split": split_of(sha, val_percent)}
+                         "annotations_sha256": digests[image.name], "split": split_of(sha, val_percent)}
                 old = images.get(key)
                 if old is None:
                     new += 1
                     entry.update(first_round=None, round=None)
-                elif (old["sha256"], old["annotations_sha256"]) != (entry["sha256"], entry["annotations_sha256"]):
+                    seen[key] = entry
+                    continue
+                if _withdrawal_pending(old):
+                    cancelled += 1  # withdrawn and back before any round left it out: no change by itself
+                if old.get("withdrawn") and not _withdrawal_pending(old):
+                    returned += 1
+                    entry.update(first_round=old["first_round"], round=None)
+                elif self._differs(old, entry):
                     changed += 1
                     entry.update(first_round=old["first_round"], round=None)
                 else:
                     entry.update(first_round=old["first_round"], round=old["round"])
                 seen[key] = entry
         gone = [key for key, entry in images.items() if entry["job_id"] == job.id and key not in seen]
+        cancelled += sum(1 for key in gone if _withdrawal_pending(images[key]))
         source = self._write_source(job, contents.document, seen)
         for key in gone:
             del images[key]
@@ -174,15 +251,34 @@ class DatasetStore:
             "task_id": job.task_id, "task_name": job.task_name, "project_id": job.project_id,
             "stage": job.stage, "state": job.state, "updated_date": job.updated_date, "source": source,
             "images": len(seen), "pulled": now()}
-        result = IngestResult(job.id, len(seen), new, changed, len(gone), written)
-        if result.content_changed:
-            pending = manifest["pending"]
-            previous = pending.get(str(job.id), {"new": 0, "changed": 0, "removed": 0})
-            pending[str(job.id)] = {"new": previous["new"] + new, "changed": previous["changed"] + changed,
-                                    "removed": previous["removed"] + len(gone), "task_id": job.task_id,
-                                    "task_name": job.task_name, "updated_date": job.updated_date}
+        result = IngestResult(job.id, len(seen), new, changed, len(gone), written, returned)
+        if result.content_changed or cancelled:
+            self._pend(job.id, job.task_id, job.task_name, job.updated_date, new=new, changed=changed,
+                       removed=len(gone), returned=returned, withdrawn=-cancelled)
         self.save()
         return result
+
+    @staticmethod
+    def _differs(old: dict[str, Any], entry: dict[str, Any]) -> bool:
+        if old["sha256"] != entry["sha256"]:
+            return True
+        if old.get("annotations_legacy"):
+            logger.info("%s: digest of an older version adopted without comparison", entry["file"])
+            return False
+        return old["annotations_sha256"] != entry["annotations_sha256"]
+
+    def _pend(self, job_id: int, task_id: int, task_name: str, updated_date: str, *, reason: str | None = None,
+              **deltas: int) -> None:
+        """Add ``deltas`` to the job's pending counts; an entry whose counts all return to 0 goes."""
+        pending = self.manifest["pending"]
+        entry = pending.get(str(job_id), {})
+        counts = {name: entry.get(name, 0) + deltas.get(name, 0) for name in COUNTS}
+        if not any(counts.values()):
+            pending.pop(str(job_id), None)
+            return
+        pending[str(job_id)] = {**counts, "task_id": task_id, "task_name": task_name, "updated_date": updated_date,
+                                **({"withdrawn_reason": reason or entry.get("withdrawn_reason")}
+                                   if counts["withdrawn"] else {})}
 
     def _write_source(self, job: JobInfo, document: CvatDocument, entries: dict[str, dict[str, Any]]) -> str:
         digest = hashlib.sha256(json.dumps(sorted((k, e["sha256"], e["annotations_sha256"])
@@ -210,10 +306,17 @@ class DatasetStore:
             return None
         number = len(self.rounds) + 1
         for entry in manifest["images"].values():
-            if entry["round"] is None:
+            withdrawn = entry.get("withdrawn")
+            if withdrawn:
+                if withdrawn["round"] is None:
+                    withdrawn["round"] = number
+            elif entry["round"] is None:
                 entry["round"] = number
                 if entry["first_round"] is None:
                     entry["first_round"] = number
+        for job in manifest["jobs"].values():
+            if job.get("withdrawn") and job["withdrawn"]["round"] is None:
+                job["withdrawn"]["round"] = number
         folder = f"annotations/round_{number}"
         counts = self._write_round_files(folder, number)
         pending = manifest["pending"]
@@ -225,21 +328,24 @@ class DatasetStore:
             "round": number, "sealed": now(),
             "jobs": {job_id: {k: v for k, v in job.items() if k != "task_name"} for job_id, job in pending.items()},
             "tasks": tasks,
-            "new_images": sum(j["new"] for j in pending.values()),
-            "changed_images": sum(j["changed"] for j in pending.values()),
-            "removed_images": sum(j["removed"] for j in pending.values()),
+            **{f"{name}_images": sum(j.get(name, 0) for j in pending.values()) for name in COUNTS},
+            "withdrawn_jobs": {job_id: {"task_id": job["task_id"], "task_name": job["task_name"],
+                                        "images": job["withdrawn"], "reason": job.get("withdrawn_reason")}
+                               for job_id, job in pending.items() if job.get("withdrawn")},
+            "returned_jobs": {job_id: {"task_id": job["task_id"], "task_name": job["task_name"],
+                                       "images": job["returned"]}
+                              for job_id, job in pending.items() if job.get("returned")},
             "train_xml": f"{folder}/train.xml", "val_xml": f"{folder}/val.xml",
             **counts, "concluded": False, "run": None, "decision": None}
         self.rounds.append(record)
         manifest["pending"] = {}
         self.save()
-        logger.info("dataset round %d: %d new, %d changed, %d removed images; train %d, val %d", number,
-                    record["new_images"], record["changed_images"], record["removed_images"],
+        logger.info("dataset round %d: %s; train %d, val %d", number, describe_changes(record),
                     counts["images"]["train"], counts["images"]["val"])
         return record
 
     def _write_round_files(self, folder: str, number: int) -> dict[str, Any]:
-        images = self.manifest["images"]
+        images = {key: entry for key, entry in self.manifest["images"].items() if not entry.get("withdrawn")}
         jobs = self.manifest["jobs"]
         sources: dict[str, CvatDocument] = {}
 
@@ -281,3 +387,15 @@ class DatasetStore:
     def round_files(self, record: dict[str, Any]) -> tuple[Path, Path, Path]:
         """(train xml, val xml, image root) of a round."""
         return self.root / record["train_xml"], self.root / record["val_xml"], self.root / "images"
+
+
+def _withdrawal_pending(entry: dict[str, Any]) -> bool:
+    """Withdrawn since the last round: no round has left the image out yet."""
+    withdrawn = entry.get("withdrawn")
+    return bool(withdrawn) and withdrawn["round"] is None
+
+
+def describe_changes(record: dict[str, Any]) -> str:
+    """``3 new, 1 changed, 4 withdrawn images`` for a round record (older records lack some counts)."""
+    parts = [f"{record.get(f'{name}_images', 0)} {name}" for name in COUNTS if record.get(f"{name}_images")]
+    return (", ".join(parts) if parts else "no") + " images"

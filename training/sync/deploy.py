@@ -53,7 +53,7 @@ class Deployment:
     weights: str
     weights_sha256: str
     config: str
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)  # NaN is written (and read back) as None
     deployed_at: str = ""
     command: list[str] = field(default_factory=list)
 

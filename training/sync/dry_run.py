@@ -9,6 +9,7 @@ from .deploy import deploy_command, load_deployed
 from .gate import describe_criteria
 from .options import ExitCode, SyncOptions
 from .pull import CredentialsReader, close_client, open_client, plan
+from .trainer import training_hardware
 
 
 def dry_run(options: SyncOptions, credentials: CredentialsReader):  # -> loop.Outcome
@@ -29,10 +30,18 @@ def dry_run(options: SyncOptions, credentials: CredentialsReader):  # -> loop.Ou
         action = f"pull ({reasons[job.id]})" if job.id in reasons else "up to date"
         lines.append(f"  job {job.id}: task {job.task_id} {job.task_name!r}, frames {job.start_frame}-"
                      f"{job.stop_frame}, {job.stage}/{job.state}, updated {job.updated_date} -> {action}")
+    for gone in work.departed:
+        lines.append(f"  job {gone.job_id}: task {gone.task_id} {gone.task_name!r}, pulled before, {gone.reason} "
+                     f"-> withdraw its {gone.images} images from the next round")
     latest = store.latest_round()
+    if work.departed:
+        lines.append(f"would withdraw {sum(g.images for g in work.departed)} images of {len(work.departed)} jobs "
+                     f"and make round {len(store.rounds) + 1} without them (the manifest keeps them)")
     if work.to_pull or store.has_pending_changes():
         lines.append(f"would pull {len(work.to_pull)} jobs into {store.root} and, if their content changed, make "
                      f"round {len(store.rounds) + 1} (val: {val_percent}% of images, by content hash)")
+    elif work.departed:
+        pass
     elif latest is not None and not latest["concluded"]:
         lines.append(f"would train round {latest['round']} (pulled earlier, not trained yet)")
     else:
@@ -45,8 +54,12 @@ def dry_run(options: SyncOptions, credentials: CredentialsReader):  # -> loop.Ou
             "config": "the config's MODEL.WEIGHTS", "none": "random initialisation"}.get(
         options.init_weights, options.init_weights)
     iterations = options.iterations or "the config's SOLVER.MAX_ITER"
-    lines.append(f"would finetune {options.config_file} from {init} for {iterations} iterations on "
-                 f"{options.num_gpus} GPU(s)" + (f" with {' '.join(options.opts)}" if options.opts else ""))
+    if options.config_file is None:
+        lines.append("would stop before training: --config-file is required to train")
+        return Outcome(ExitCode.OK, "\n".join(lines))
+    lines.append(f"would finetune {options.config_file} from {init} for {iterations} iterations "
+                 f"{training_hardware(options.config_file, options.opts, options.num_gpus)}"
+                 + (f" with {' '.join(options.opts)}" if options.opts else ""))
     if deployed is not None:
         reference, name = f"the deployed model (run {deployed.run_id}, round {deployed.round})", "deployed"
     elif options.baseline_weights:

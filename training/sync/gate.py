@@ -2,6 +2,11 @@
 
 Metrics are the engine's COCO mask numbers (``segm/AP``, ``segm/AP-<class>``, AP in 0..100). The
 candidate must clear every check; each failed check is a reason in the report.
+
+Whatever the options, a candidate whose mask AP is 0 or NaN (it finds nothing, or nothing was
+measured) or whose val set holds no instance is never deployed. Before the first deployment the
+candidate must also reach :data:`FIRST_DEPLOYMENT_MIN_AP` unless ``--min-ap`` says otherwise:
+comparing with nothing, any model would pass.
 """
 
 from __future__ import annotations
@@ -21,11 +26,17 @@ def class_key(metric: str, class_name: str) -> str:
     return f"{metric_key(metric)}-{class_name}"
 
 
+FIRST_DEPLOYMENT_MIN_AP = 10.0
+"""Default floor of the candidate's metric while no model is deployed. Below ~10 mask AP most
+predicted masks need redrawing: deleting them costs annotators more than drawing from scratch."""
+
+
 @dataclass(frozen=True)
 class GateCriteria:
     metric: str = "AP"
     margin: float = 0.5           # the candidate must beat the reference by this much (may be negative)
-    min_metric: float = 0.0       # absolute floor of the candidate's metric
+    min_metric: float | None = None  # floor of the candidate's metric; None: FIRST_DEPLOYMENT_MIN_AP before
+    #                                  the first deployment, no floor after it (the deployed model is the bar)
     class_floors: Mapping[str, float] = field(default_factory=dict)  # class -> minimum per-class metric
     max_class_drop: float | None = None  # no class may fall more than this below the reference
 
@@ -64,18 +75,30 @@ def _value(metrics: Mapping[str, float] | None, key: str) -> float | None:
     return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
-def decide(candidate: Mapping[str, float], reference: Mapping[str, float] | None, criteria: GateCriteria,
-           *, reference_name: str = "deployed") -> Decision:
-    """Every check of ``criteria``; deploy only when all pass."""
+def floor_for(criteria: GateCriteria, reference_name: str | None) -> float | None:
+    """The candidate's floor: ``--min-ap`` if given, else the first-deployment default while none is deployed."""
+    if criteria.min_metric is not None:
+        return criteria.min_metric
+    return None if reference_name == "deployed" else FIRST_DEPLOYMENT_MIN_AP
+
+
+def decide(candidate: Mapping[str, float | None], reference: Mapping[str, float | None] | None,
+           criteria: GateCriteria, *, reference_name: str = "deployed", val_instances: int | None = None
+           ) -> Decision:
+    """Every check of ``criteria``; deploy only when all pass. ``val_instances``: ground-truth
+    instances of the val set (0 means the evaluation measured nothing)."""
     key = metric_key(criteria.metric)
     new = _value(candidate, key)
-    checks = []
+    checks = _measured(candidate, val_instances)
     if new is None:
-        checks.append(Check("candidate metric", False, f"the candidate has no {key} (no val instances?)"))
+        if key != metric_key("AP"):  # a missing mask AP is reported by _measured
+            checks.append(Check("candidate metric", False, f"the candidate has no {key} (no val instances?)"))
     else:
-        checks.append(Check("minimum", new >= criteria.min_metric,
-                            f"{key} {_fmt(new)} {'>=' if new >= criteria.min_metric else '<'} "
-                            f"minimum {_fmt(criteria.min_metric)}"))
+        floor = floor_for(criteria, reference_name if reference is not None else None)
+        if floor is not None:
+            first = " (first deployment; --min-ap sets it)" if criteria.min_metric is None else ""
+            checks.append(Check("minimum", new >= floor, f"{key} {_fmt(new)} {'>=' if new >= floor else '<'} "
+                                                         f"minimum {_fmt(floor)}{first}"))
     if reference is not None:
         old = _value(reference, key)
         if old is None:
@@ -112,10 +135,29 @@ def decide(candidate: Mapping[str, float], reference: Mapping[str, float] | None
     return Decision(deploy, summary, tuple(checks), reference_name if reference is not None else "none")
 
 
+def _measured(candidate: Mapping[str, float | None], val_instances: int | None) -> list[Check]:
+    """The checks no option turns off: something was measured and the model found something."""
+    checks = []
+    if val_instances is not None:
+        checks.append(Check("val instances", val_instances > 0,
+                            f"the val set has {val_instances} instances"
+                            + ("" if val_instances > 0 else ": the evaluation measured nothing")))
+    ap_key = metric_key("AP")
+    ap = _value(candidate, ap_key)
+    if ap is None:
+        checks.append(Check("mask AP", False, f"the candidate has no {ap_key} (NaN: the evaluation saw no "
+                                              f"instance)"))
+    else:
+        checks.append(Check("mask AP", ap > 0, f"{ap_key} {_fmt(ap)}" + (
+            " > 0" if ap > 0 else ": the model finds nothing right; a model with AP 0 is never deployed")))
+    return checks
+
+
 def describe_criteria(criteria: GateCriteria, reference_name: str | None) -> str:
     """One sentence for dry runs and reports: what the candidate must do to be deployed."""
     key = metric_key(criteria.metric)
-    parts = [f"{key} >= {criteria.min_metric:.2f}"]
+    floor = floor_for(criteria, reference_name)
+    parts = [f"{metric_key('AP')} > 0"] + ([f"{key} >= {floor:.2f}"] if floor is not None else [])
     if reference_name:
         parts.append(f"{key} >= {reference_name} {key} {criteria.margin:+.2f}")
     parts += [f"{key.split('/')[-1]}-{name} >= {floor:.2f}" for name, floor in sorted(criteria.class_floors.items())]

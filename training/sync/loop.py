@@ -160,7 +160,8 @@ def _round(options: SyncOptions, store: DatasetStore, run: RunState) -> Outcome:
     if not run.done("decided"):
         reference = evaluated["reference"]
         decision = decide(evaluated["candidate"], reference, options.criteria,
-                          reference_name=evaluated["reference_name"])
+                          reference_name=evaluated["reference_name"],
+                          val_instances=sum(record["instances"]["val"].values()))
         run.record("decided", **decision.to_dict())
     decided = run.step("decided")
     report["decision"] = decided
@@ -176,6 +177,9 @@ def _round(options: SyncOptions, store: DatasetStore, run: RunState) -> Outcome:
     outcome = ("deployed" if deployment.get("executed") else "ready to deploy (--no-deploy)") \
         if decided["deploy"] else "not deployed"
     report["outcome"] = outcome
+    held_back = [check["detail"] for check in decided["checks"] if not check["passed"]]
+    if held_back:
+        report["held_back"] = held_back
     store.conclude_round(record["round"], run.id, {"deploy": decided["deploy"], "summary": decided["summary"],
                                                    "executed": bool(deployment.get("executed"))})
     paths = _write(run, report)
@@ -184,7 +188,8 @@ def _round(options: SyncOptions, store: DatasetStore, run: RunState) -> Outcome:
     key = metric_key(options.criteria.metric)
     new, old = evaluated["candidate"].get(key), (evaluated["reference"] or {}).get(key)
     versus = f" vs {evaluated['reference_name']} {_number(old)}" if evaluated["reference"] is not None else ""
-    return Outcome(ExitCode.OK, f"round {record['round']}: candidate {key} {_number(new)}{versus} -> {outcome}. "
+    why = f" ({'; '.join(held_back)})" if held_back else ""
+    return Outcome(ExitCode.OK, f"round {record['round']}: candidate {key} {_number(new)}{versus} -> {outcome}{why}. "
                                 f"Report: {paths['markdown']}", run.dir)
 
 
@@ -213,7 +218,8 @@ def _train(options: SyncOptions, run: RunState, deployed: Deployment | None, tra
     result = finetune(request)
     info = {"config_file": str(options.config_file), "opts": list(options.opts),
             "init_weights": "config MODEL.WEIGHTS" if init is None else (init or "random"),
-            "iterations": options.iterations, "num_gpus": options.num_gpus, "weights": str(result.weights),
+            "iterations": options.iterations, "num_gpus": options.num_gpus,
+            "device": str(load_config(str(result.config)).MODEL.DEVICE), "weights": str(result.weights),
             "config": str(result.config), "seconds": round(time.monotonic() - started, 1),
             "metrics": dict(result.metrics)}
     run.record("trained", **info)
@@ -278,7 +284,10 @@ def _report_head(options: SyncOptions, store: DatasetStore, record: dict[str, An
         "dataset": {"root": str(store.root), "round": record["round"], "val_percent": store.manifest["val_percent"],
                     "pulled_jobs": pulled["jobs"], "round_jobs": record["jobs"], "tasks": record["tasks"],
                     **{k: record[k] for k in ("new_images", "changed_images", "removed_images", "images",
-                                              "instances", "other_shapes", "train_xml", "val_xml")}},
+                                              "instances", "other_shapes", "train_xml", "val_xml")},
+                    **{k: record.get(k, default) for k, default in (
+                        ("withdrawn_images", 0), ("returned_images", 0), ("withdrawn_jobs", {}),
+                        ("returned_jobs", {}))}},
         "gate": {"metric": metric_key(options.criteria.metric), "margin": options.criteria.margin,
                  "min_metric": options.criteria.min_metric, "class_floors": dict(options.criteria.class_floors),
                  "max_class_drop": options.criteria.max_class_drop},

@@ -22,17 +22,6 @@ logger = logging.getLogger(__name__)
 PLOT_FILE = "per_class_ap.png"
 
 
-def _clean(value: Any) -> Any:
-    """JSON without NaN/inf (strict parsers reject them): they become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _num(value: Any) -> str:
     return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.2f}"
 
@@ -48,7 +37,7 @@ def write_report(run_dir: Path, report: Mapping[str, Any], class_names: Sequence
             paths["plot"] = plot
     data = dict(report)
     data["files"] = {k: str(v) for k, v in paths.items()}
-    atomic_write_json(paths["json"], _clean(data))
+    atomic_write_json(paths["json"], data)  # NaN/inf -> null
     with atomic_open(paths["markdown"], "w") as handle:
         handle.write(render_markdown(data, class_names))
     return paths
@@ -58,6 +47,8 @@ def render_markdown(report: Mapping[str, Any], class_names: Sequence[str]) -> st
     lines = [f"# Sync-and-train run {report.get('run_id', '?')}", ""]
     decision = report.get("decision") or {}
     lines += [f"**Outcome:** {report.get('outcome', '?')}", ""]
+    if report.get("held_back"):
+        lines += ["**Held back because:**", ""] + [f"- {reason}" for reason in report["held_back"]] + [""]
     if decision:
         lines += ["## Decision", "", decision.get("summary", ""), ""]
         lines += ["| check | result | detail |", "|---|---|---|"]
@@ -68,16 +59,27 @@ def render_markdown(report: Mapping[str, Any], class_names: Sequence[str]) -> st
     if data:
         lines += ["## Data", "", f"Round {data.get('round')} of the dataset in `{data.get('root')}` "
                   f"(val: {data.get('val_percent')}% of images by content hash).", ""]
-        lines += [f"- jobs pulled by this run: {len(data.get('pulled_jobs', []))}; in this round: "
+        downloaded = [job for job in data.get("pulled_jobs", []) if job.get("reason") != "withdrawn"]
+        lines += [f"- jobs pulled by this run: {len(downloaded)}; in this round: "
                   f"{len(data.get('round_jobs', {}))}",
-                  f"- images new / changed / removed in this round: {data.get('new_images', 0)} / "
-                  f"{data.get('changed_images', 0)} / {data.get('removed_images', 0)}",
+                  f"- images new / changed / removed / withdrawn / returned in this round: "
+                  f"{data.get('new_images', 0)} / {data.get('changed_images', 0)} / {data.get('removed_images', 0)}"
+                  f" / {data.get('withdrawn_images', 0)} / {data.get('returned_images', 0)}",
                   f"- images train / val: {data.get('images', {}).get('train', 0)} / "
                   f"{data.get('images', {}).get('val', 0)}", ""]
         for job in data.get("pulled_jobs", []):
+            if job.get("reason") == "withdrawn":
+                continue  # listed below with the round's withdrawals
             lines.append(f"  - job {job['job_id']} (task {job['task_id']} {job.get('task_name', '')!r}, "
                          f"updated {job.get('updated_date')}): {job['images']} images, {job['new']} new, "
-                         f"{job['changed']} changed, {job['removed']} removed")
+                         f"{job['changed']} changed, {job['removed']} removed, {job.get('returned', 0)} returned")
+        for job_id, job in data.get("withdrawn_jobs", {}).items():
+            lines.append(f"  - job {job_id} (task {job['task_id']} {job.get('task_name', '')!r}) left the "
+                         f"selection: {job.get('reason') or 'no reason recorded'}; {job['images']} images withdrawn "
+                         f"(kept in the manifest; they return if the job is finished again)")
+        for job_id, job in data.get("returned_jobs", {}).items():
+            lines.append(f"  - job {job_id} (task {job['task_id']} {job.get('task_name', '')!r}) is back in the "
+                         f"selection: {job['images']} images returned")
         instances = data.get("instances", {})
         labels = list(dict.fromkeys([*class_names, *instances.get("train", {}), *instances.get("val", {})]))
         lines += ["", "| class | train instances | val instances |", "|---|---|---|"]

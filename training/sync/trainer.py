@@ -130,6 +130,24 @@ def _train_in_workers(cfg: CfgNode, request: TrainRequest) -> dict[str, float]:
     return final_metrics(request.output_dir / METRICS_FILE)
 
 
+def training_hardware(config_file: Path, opts: Sequence[str], num_gpus: int) -> str:
+    """Where a finetune would run, in words: "on the CPU", "on 2 GPUs" (MODEL.DEVICE decides, not --num-gpus)."""
+    try:
+        device = str(load_config(str(config_file), list(opts)).MODEL.DEVICE)
+    except Exception as error:  # a dry run reports it; the real run fails on it with the full message
+        return f"(MODEL.DEVICE unknown: {config_file} does not load: {error})"
+    if not device.startswith("cuda"):
+        return "on the CPU" + (f" in {num_gpus} worker processes" if num_gpus > 1 else "")
+    import torch
+
+    where = f"on {num_gpus} GPU" + ("s" if num_gpus > 1 else "") + f" (MODEL.DEVICE {device})"
+    visible = torch.cuda.device_count()
+    if visible < num_gpus:
+        where += (f", but {visible} CUDA device{'s are' if visible != 1 else ' is'} visible here: the run would "
+                  f"fail (add --opts MODEL.DEVICE cpu to train on the CPU)")
+    return where
+
+
 def final_metrics(path: Path) -> dict[str, float]:
     """The last evaluation line of a ``metrics.json``."""
     evaluations = [line for line in read_metrics(path) if any(k.endswith("/AP") for k in line)]
