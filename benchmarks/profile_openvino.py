@@ -1,10 +1,12 @@
 """Where OpenVINO spends the time: per layer type and per model part, before and after.
 
-"before" converts the network with upstream's deformable sampling (all levels and points
-stacked, then reduced); "after" with the product's per-level accumulation. Both at one static
-padded size (default 800x1440), 2 threads, OpenVINO's per-node performance counters.
+"before" converts the network with the product's graph sampling (per-level GridSample
+accumulation); "after" with the fused kernel as one custom operation per encoder layer (its
+time shows under the plugin's node type for operations it runs through ``evaluate``).
+``--with-upstream`` adds upstream's sampling (all levels and points stacked, then reduced).
+One static padded size (default 800x1440), 2 threads, OpenVINO's per-node performance counters.
 
-    python benchmarks/profile_openvino.py [--config swin_t] [--size 800x1440] [--precision auto]
+    python benchmarks/profile_openvino.py [--config swin_t] [--size 800x1440] [--precision auto] [--with-upstream]
 """
 
 from __future__ import annotations
@@ -28,17 +30,17 @@ def _part(name: str) -> str:
     return "other"
 
 
-def profile(model, size: tuple[int, int], precision: str, repeats: int) -> tuple[float, dict, dict]:
+def profile(model, size: tuple[int, int], precision: str, repeats: int,
+            fused: bool = False) -> tuple[float, dict, dict]:
     from mask2former.backends.openvino_backend import (
         _PRECISION_HINTS,
         convert_network,
-        import_openvino,
         resolve_openvino_precision,
+        shared_core,
     )
 
-    ov = import_openvino()
-    core = ov.Core()
-    converted = convert_network(model, example_size=size)  # static-size trace: "before" freezes shapes
+    core = shared_core()  # knows the fused operation
+    converted = convert_network(model, example_size=size, fused_sampling=fused)  # upstream's freezes shapes
     converted.reshape({converted.inputs[0]: [1, 3, *size]})
     hint = _PRECISION_HINTS[resolve_openvino_precision(precision, core)]
     compiled = core.compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2,
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--size", default="800x1440")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--with-upstream", action="store_true", help="also profile upstream's stacked sampling")
     args = parser.parse_args()
     torch.set_num_threads(2)
     size = tuple(int(v) for v in args.size.split("x"))
@@ -75,11 +78,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(load_config(CONFIGS[args.config], ["MODEL.WEIGHTS", ""])).eval()
     product_sampling = ms_deform_attn.deformable_sample
+    runs = [("upstream (stack all levels)", upstream_deformable_sample, False)] if args.with_upstream else []
+    runs += [("before: graph sampling (GridSample per level)", product_sampling, False),
+             ("after: fused kernel (one operation per layer)", product_sampling, True)]
     results = {}
-    for label, sampler in (("before (stack all levels)", upstream_deformable_sample),
-                           ("after (accumulate per level)", product_sampling)):
+    for label, sampler, fused in runs:
         ms_deform_attn.deformable_sample = sampler
-        results[label] = profile(model, size, args.precision, args.repeats)
+        results[label] = profile(model, size, args.precision, args.repeats, fused=fused)
     ms_deform_attn.deformable_sample = product_sampling
 
     print(f"{args.config} at {size[0]}x{size[1]}, OpenVINO {args.precision}, 2 threads, median of {args.repeats}")

@@ -8,10 +8,16 @@ upsampling. Each survivor is then resampled only inside a window that provably c
 its positive pixels (bilinear interpolation is a convex combination of neighbours, so a positive
 output pixel always has a positive low-resolution cell in its support), with the same sampling
 formula as ``F.interpolate(mode="bilinear", align_corners=False)``.
+
+On CPU it runs on one intra-op thread: it is a few hundred small tensor operations, and with
+two threads every one of them ends in a barrier that waits whenever the other core is busy
+(OpenVINO's threads winding down after the network, another process): measured 0.15 s on one
+thread against 1.3-6 s on two on a loaded two-core machine, and the swing between runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -144,6 +150,20 @@ def _binary_mask(
     return window, positive.cpu().numpy(), inside / (count + _SCORE_EPS)
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """torch's intra-op threads at 1 inside the block, for CPU tensors (see the module docstring)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def instances_from_outputs(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
@@ -154,6 +174,12 @@ def instances_from_outputs(
     top_k: int,
 ) -> Instances:
     """Instances of one image (``class_logits (Q, K+1)``, ``mask_logits (Q, h, w)``) above a score."""
+    with _one_cpu_thread(mask_logits.device):
+        return _instances(class_logits, mask_logits, geometry, class_names, score_threshold, top_k)
+
+
+def _instances(class_logits: torch.Tensor, mask_logits: torch.Tensor, geometry: ResizeGeometry,
+               class_names: Sequence[str], score_threshold: float, top_k: int) -> Instances:
     class_scores, class_ids, queries = select_candidates(class_logits, top_k)
     possible = class_scores >= score_threshold
     class_scores, class_ids, queries = class_scores[possible], class_ids[possible], queries[possible]

@@ -114,9 +114,12 @@ def trained(tiny_cfg):
 # Masks: measured on a Xeon with AMX (torch 2.11, OpenVINO 2026.4; fitted scenes at EVAL_SIZE),
 # bf16 vs fp32 IoU per instance 0.91-1.0 with torch and 0.94-1.0 with OpenVINO, mean 0.98: a few
 # flipped boundary pixels cost a small mask several points, so each instance must keep
-# MIN_IOU and all of them together MIN_MEAN_IOU.
+# MIN_IOU and all of them together MIN_MEAN_IOU. On an AVX512-BF16 CPU without AMX (Zen 4, torch
+# 2.13) the means are lower and move with any float perturbation: torch 0.971 with the graph
+# sampling, 0.968 with the fused kernel (whose bf16 mask logits are closer to fp32's: mean
+# |diff| 0.083 against 0.088), OpenVINO 0.984 / 0.976; hence 0.96.
 THRESHOLD, SCORE_MARGIN = 0.5, 0.1
-MIN_IOU, MIN_MEAN_IOU = 0.85, 0.97
+MIN_IOU, MIN_MEAN_IOU = 0.85, 0.96
 
 
 def _fitted_scenes():

@@ -16,6 +16,7 @@ import torch
 from fvcore.common.config import CfgNode
 
 from ..modeling.meta_arch import MaskFormer
+from ..modeling.pixel_decoder.fused_sampling import fused_kernel_available, warm_up_in_background
 from .torch_backend import TorchRunner
 
 logger = logging.getLogger(__name__)
@@ -62,16 +63,20 @@ def make_runner(
     With OpenVINO and a warm cache the torch model is never built: the converted graph is keyed
     by ``weights_digest()`` (the weights' content) and the model config.
     """
+    # the fused CPU sampling kernel (DEPLOY.FUSED_SAMPLING, where numba is installed)
+    fused = bool(cfg.DEPLOY.FUSED_SAMPLING) and device.type == "cpu" and fused_kernel_available()
+    if fused:
+        warm_up_in_background()  # numba's start-up overlaps the model's loading
     if resolve_backend(backend, device) == "torch":
-        return TorchRunner(model(), device, precision)
+        return TorchRunner(model(), device, precision, fused_sampling=fused)
     from .ir_cache import ConvertedModelCache, cache_key
     from .openvino_backend import OpenVinoRunner, convert_network
 
     cache = ConvertedModelCache(cfg.DEPLOY.CACHE_DIR or None)
-    key = cache_key(weights_digest(), cfg)
+    key = cache_key(weights_digest(), cfg, sampling="fused-op" if fused else "graph")
     converted = cache.load(key)
     if converted is None:
         logger.info("converting the model to OpenVINO (once per weights/config; cached in %s)", cache.root)
-        converted = convert_network(model())
+        converted = convert_network(model(), fused_sampling=fused)
         cache.store(key, converted)
     return OpenVinoRunner(converted, precision=precision, compiled_cache_dir=cache.root / "compiled")

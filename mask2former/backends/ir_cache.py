@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from fvcore.common.config import CfgNode
 
+from ..utils import dumps_json
 from .openvino_backend import import_openvino, shared_core
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ def state_dict_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(weights_digest: str, cfg: CfgNode) -> str:
-    """Key of one converted model: weights, MODEL config, OpenVINO version, export policy."""
+def cache_key(weights_digest: str, cfg: CfgNode, *, sampling: str = "graph") -> str:
+    """Key of one converted model: weights, MODEL config, OpenVINO version, export policy and how
+    the deformable sampling was exported (``graph``, or ``fused-op``: the custom operation)."""
     ov = import_openvino()
     payload = json.dumps({
         "weights": weights_digest,
@@ -75,6 +77,7 @@ def cache_key(weights_digest: str, cfg: CfgNode) -> str:
         "openvino": ov.get_version(),
         "torch": torch.__version__,
         "policy": EXPORT_POLICY,
+        **({} if sampling == "graph" else {"sampling": sampling}),  # "graph" keeps the earlier keys valid
     }, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
@@ -150,7 +153,7 @@ class ConvertedModelCache:
                 "sha256": {name: _sha256(staging / name) for name in (_XML, _BIN)},
                 **(details or {}),
             }
-            (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2))
+            (staging / _MANIFEST).write_text(dumps_json(manifest, indent=2))
             target = self.entry(key)
             if target.exists():
                 shutil.rmtree(target)

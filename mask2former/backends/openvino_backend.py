@@ -48,7 +48,11 @@ def shared_core() -> Any:
     dropped its Cores sometimes died of SIGSEGV on the next signal it got (Ctrl-C, a child's
     SIGCHLD; the core dump shows the fault while the kernel delivers it). The CPU plugin is the
     one library here that calls ``sigaltstack``; keeping it loaded made the crashes stop."""
-    return import_openvino().Core()
+    core = import_openvino().Core()
+    from .openvino_fused_op import register
+
+    register(core)  # saved graphs with the fused sampling operation can be read
+    return core
 
 
 def openvino_available() -> bool:
@@ -80,15 +84,27 @@ def resolve_openvino_precision(precision: str, core: Any, device: str = "CPU") -
     return precision
 
 
-def convert_network(model: torch.nn.Module, example_size: tuple[int, int] = (256, 320)) -> Any:
-    """Trace the network (batch, 3, H, W) -> (pred_logits, pred_masks) into an OpenVINO model."""
+def convert_network(model: torch.nn.Module, example_size: tuple[int, int] = (256, 320), *,
+                    fused_sampling: bool = False) -> Any:
+    """Trace the network (batch, 3, H, W) -> (pred_logits, pred_masks) into an OpenVINO model.
+
+    ``fused_sampling``: the deformable sampling becomes the fused custom operation
+    (``openvino_fused_op``, needs numba) instead of OpenVINO's GridSample graph.
+    """
     ov = import_openvino()
     from ..modeling.meta_arch import ExportableMaskFormer
+    from ..modeling.pixel_decoder.ms_deform_attn import sampling_mode
 
+    extensions = []
+    if fused_sampling:
+        from .openvino_fused_op import conversion_extensions
+
+        extensions = conversion_extensions()
     network = ExportableMaskFormer(model).eval()
     example = torch.zeros(1, 3, *example_size)
-    with torch.no_grad():
-        converted = ov.convert_model(network, example_input=example, input=[ov.PartialShape([-1, 3, -1, -1])])
+    with torch.no_grad(), sampling_mode("fused-op" if fused_sampling else "reference"):
+        converted = ov.convert_model(network, example_input=example, input=[ov.PartialShape([-1, 3, -1, -1])],
+                                     extension=extensions or None)
     converted.outputs[0].get_tensor().set_names({"pred_logits"})
     converted.outputs[1].get_tensor().set_names({"pred_masks"})
     return converted
@@ -113,6 +129,9 @@ class OpenVinoRunner:
         self.precision = resolve_openvino_precision(precision, self.core)
         self.threads = threads or cpu_threads()
         self.converted = converted
+        from .openvino_fused_op import OP_TYPE
+
+        self.fused_sampling = any(op.get_type_name() == OP_TYPE for op in converted.get_ops())
         self.max_compiled = max_compiled
         self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
 
@@ -145,4 +164,5 @@ class OpenVinoRunner:
         return logits, masks
 
     def describe(self) -> str:
-        return f"openvino {self.precision} on CPU ({self.threads} threads)"
+        fused = ", fused sampling" if self.fused_sampling else ""
+        return f"openvino {self.precision} on CPU ({self.threads} threads{fused})"

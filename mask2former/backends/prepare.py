@@ -3,7 +3,9 @@
     barrier-prepare-openvino --config-file CFG --weights W [--cache-dir DIR] [--sizes 800x1344 ...]
 
 Converts the model once (the converted-model cache) and, for each ``--sizes`` entry, compiles
-it for that padded input size so OpenVINO's compiled-model cache holds it too.
+it for that padded input size so OpenVINO's compiled-model cache holds it too. It also compiles
+the fused deformable-sampling kernel into its disk cache (``$BARRIER_OV_CACHE/numba-kernels``
+unless ``$NUMBA_CACHE_DIR`` says otherwise), so a worker's first request does not JIT it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 import torch
 
 from ..config import ConfigError, load_config
+from ..modeling.pixel_decoder.fused_sampling import warm_up
 from ..predictor import Predictor
 
 
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", error)
         return 2
     log.info("converted model ready in %.1f s (%s)", time.perf_counter() - start, predictor.backend_description)
+    start = time.perf_counter()
+    kernel_cache = warm_up()
+    if kernel_cache is not None:
+        log.info("fused sampling kernel ready in %.1f s (cached in %s)", time.perf_counter() - start, kernel_cache)
     for height, width in args.sizes:
         start = time.perf_counter()
         predictor.runner.compiled_for((1, 3, height, width))

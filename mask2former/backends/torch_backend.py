@@ -8,6 +8,7 @@ import logging
 import torch
 
 from ..modeling.meta_arch import ExportableMaskFormer, MaskFormer
+from ..modeling.pixel_decoder.ms_deform_attn import sampling_mode
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +31,17 @@ def resolve_torch_precision(precision: str, device: torch.device) -> str:
 class TorchRunner:
     """``batch (B, 3, H, W)`` -> ``(pred_logits, pred_masks)`` in float32, on the model's device.
 
-    The deformable sampling keeps fp32 inside autocast (see ``MSDeformAttn``); ``compile=True``
-    wraps the network in ``torch.compile`` (first call per input size is slow).
+    The deformable sampling keeps fp32 inside autocast (see ``MSDeformAttn``); ``fused_sampling``
+    runs it with the fused CPU kernel (inference only; the caller checks it is installed);
+    ``compile=True`` wraps the network in ``torch.compile`` (first call per input size is slow).
     """
 
     name = "torch"
 
     def __init__(self, model: MaskFormer, device: torch.device, precision: str = "fp32",
-                 compile: bool = False) -> None:
+                 compile: bool = False, fused_sampling: bool = False) -> None:
         self.device = device
+        self.fused_sampling = fused_sampling and device.type == "cpu"
         self.precision = resolve_torch_precision(precision, device)
         self.model = model.to(device).eval()
         self.network = ExportableMaskFormer(self.model).eval()
@@ -51,9 +54,9 @@ class TorchRunner:
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast(), sampling_mode("fused" if self.fused_sampling else "reference"):
             logits, masks = self.network(batch.to(self.device))
         return logits.float(), masks.float()
 
     def describe(self) -> str:
-        return f"torch {self.precision} on {self.device}"
+        return f"torch {self.precision} on {self.device}{', fused sampling' if self.fused_sampling else ''}"

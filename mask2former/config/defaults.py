@@ -252,6 +252,9 @@ def _deploy_defaults() -> CfgNode:
     node.PRECISION = "auto"  # auto | fp32 | bf16 | fp16
     node.SCORE_THRESHOLD = 0.5
     node.CACHE_DIR = ""
+    # CPU: the fused deformable-sampling kernel (numba, the "openvino" extra) where installed;
+    # False keeps the PyTorch/OpenVINO graph sampling
+    node.FUSED_SAMPLING = True
     return node
 
 

@@ -2,16 +2,72 @@
 
 Levels are sampled one at a time and their weighted samples accumulated, instead of stacking
 every sampled value of every level before the reduction: the same sum, a third of the memory.
+
+``deformable_sample`` is the reference and what training, GPUs and exports use. The CPU runners
+ask for the fused kernel (``fused_sampling``) through :func:`sampling_mode`: ``"fused"`` runs it
+eagerly where no gradient is needed, ``"fused-op"`` traces the sampling as one boundary module that
+the OpenVINO conversion turns into a custom operation running the same kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .fused_sampling import fused_deformable_sample, fused_kernel_available
+
+SAMPLING_MODES = ("reference", "fused", "fused-op")
+_sampling = contextvars.ContextVar("barrier_deformable_sampling", default="reference")
+
+
+@contextlib.contextmanager
+def sampling_mode(mode: str) -> Iterator[None]:
+    """How ``MSDeformAttn`` samples inside the block (this thread/context only): ``reference``
+    (``deformable_sample``), ``fused`` (the fused CPU kernel where usable, else the reference),
+    ``fused-op`` (a ``FusedSamplingBoundary`` call, for the OpenVINO conversion)."""
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
+    token = _sampling.set(mode)
+    try:
+        yield
+    finally:
+        _sampling.reset(token)
+
+
+def level_shapes_tensor(spatial_shapes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """``(L, 2)`` int64 ``(H, W)`` from the (possibly traced) sizes, so an export stays size-free."""
+    one = torch.ones(1, dtype=torch.int64, device=device)
+    return torch.stack([torch.cat((one * height, one * width)) for height, width in spatial_shapes])
+
+
+class FusedSamplingBoundary(nn.Module):
+    """Marks the sampling for the OpenVINO conversion, which replaces this module with the fused
+    operation (``backends.openvino_fused_op``); called eagerly it is ``deformable_sample``. No
+    parameters: the checkpoint layout does not change."""
+
+    def forward(self, value: torch.Tensor, level_shapes: torch.Tensor, reference_points: torch.Tensor,
+                sampling_offsets: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():  # traced only to be replaced by the operation: no size is frozen
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            shapes = [(int(height), int(width)) for height, width in level_shapes.tolist()]
+        return deformable_sample(value, shapes, reference_points, sampling_offsets, attention_weights)
+
+
+def _fused_usable(*tensors: torch.Tensor) -> bool:
+    """The kernel has no backward and runs on CPU, eagerly (a trace must record the reference ops)."""
+    return (
+        not torch.jit.is_tracing()
+        and all(t.device.type == "cpu" for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and fused_kernel_available()
+    )
 
 
 def deformable_sample(
@@ -69,6 +125,7 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
+        self.sampling_boundary = FusedSamplingBoundary()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -103,7 +160,16 @@ class MSDeformAttn(nn.Module):
         )
         weights = self.attention_weights(query).view(batch, queries, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(batch, queries, self.n_heads, self.n_levels, self.n_points)
-        sampled = deformable_sample(
-            value.float(), spatial_shapes, reference_points.float(), offsets.float(), weights.float()
-        )
+        sampled = self._sample(value.float(), spatial_shapes, reference_points.float(), offsets.float(),
+                               weights.float())
         return self.output_proj(sampled.to(query.dtype))
+
+    def _sample(self, value: torch.Tensor, spatial_shapes: Sequence[tuple[int, int]], reference_points: torch.Tensor,
+                offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        mode = _sampling.get()
+        if mode == "fused-op":
+            return self.sampling_boundary(value, level_shapes_tensor(spatial_shapes, value.device), reference_points,
+                                          offsets, weights)
+        if mode == "fused" and _fused_usable(value, reference_points, offsets, weights):
+            return fused_deformable_sample(value, spatial_shapes, reference_points, offsets, weights)
+        return deformable_sample(value, spatial_shapes, reference_points, offsets, weights)
