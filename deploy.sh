@@ -91,18 +91,16 @@ else
     die "weights file not found: $weights (give a file, an http(s):// URL or a model-zoo name)" 2
 fi
 
-# Stage one build context: function files, product source, config and weights.
+# Stage one build context: function files, the source the function imports (the model and the
+# CVAT side it serves; no training code), config and weights.
 stage="${STAGE_ROOT}/${name}"
 rm -rf "$stage"
-mkdir -p "$stage/product" "$stage/model/weights"
-cp "${FUNCTION_SRC}/main.py" "${FUNCTION_SRC}/model_handler.py" "${FUNCTION_SRC}"/function*.yaml "$stage/"
-cp "${REPO_ROOT}/pyproject.toml" "$stage/product/"
-if [[ -f "${REPO_ROOT}/README.md" ]]; then
-    cp "${REPO_ROOT}/README.md" "$stage/product/"
-else
-    echo "barrier-annotator" >"$stage/product/README.md"  # pyproject.toml names a readme
-fi
-cp -R "${REPO_ROOT}/mask2former" "${REPO_ROOT}/training" "${REPO_ROOT}/tools" "${REPO_ROOT}/configs" "$stage/product/"
+mkdir -p "$stage/product/barrier_annotator" "$stage/model/weights"
+cp "${FUNCTION_SRC}/main.py" "${FUNCTION_SRC}/model_handler.py" "${FUNCTION_SRC}"/function*.yaml \
+    "${FUNCTION_SRC}"/requirements*.txt "$stage/"
+cp -R "${REPO_ROOT}/mask2former" "${REPO_ROOT}/configs" "$stage/product/"
+cp "${REPO_ROOT}/barrier_annotator/__init__.py" "$stage/product/barrier_annotator/"
+cp -R "${REPO_ROOT}/barrier_annotator/cvat" "${REPO_ROOT}/barrier_annotator/serving" "$stage/product/barrier_annotator/"
 find "$stage/product" -name __pycache__ -type d -prune -exec rm -rf {} +
 cp "$weights_file" "$stage/model/weights/"
 

@@ -43,12 +43,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from barrier_annotator.serving import ModelHandler
+from barrier_annotator.training.data.synthetic import render_scene
 from mask2former.config import load_config
 from mask2former.predictor import Predictor
 from mask2former.preprocess import resized_shape
-from mask2former.serving import ModelHandler
 from mask2former.structures import Instances
-from training.data.synthetic import render_scene
 
 CONFIG = Path(__file__).resolve().parents[1] / (
     "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml")

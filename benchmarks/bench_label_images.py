@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
+from barrier_annotator.labelling import LabelOptions, label_folder, model_identity
+from barrier_annotator.training.data.synthetic import generate_dataset
+from barrier_annotator.training.quick_fit import overfit_tiny_model
 from mask2former.config import load_config
 from mask2former.io import read_image
-from mask2former.labelling import LabelOptions, label_folder, model_identity
 from mask2former.predictor import Predictor
-from training.data.synthetic import generate_dataset
-from training.quick_fit import overfit_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs/safetybarrier/instance-segmentation/swin/tiny_cpu.yaml"

@@ -27,12 +27,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from barrier_annotator.training.data.synthetic import CLASS_NAMES, dataset_overrides, generate_dataset  # noqa: E402
+from barrier_annotator.training.engine import Trainer  # noqa: E402
+from barrier_annotator.training.environment import prepare_run, run_logging  # noqa: E402
+from barrier_annotator.training.plots import CURVES_FILE  # noqa: E402
 from mask2former.config import load_config  # noqa: E402
-from mask2former.weights import default_cache_dir  # noqa: E402
-from training.data.synthetic import CLASS_NAMES, dataset_overrides, generate_dataset  # noqa: E402
-from training.engine import Trainer  # noqa: E402
-from training.environment import prepare_run, run_logging  # noqa: E402
-from training.plots import CURVES_FILE  # noqa: E402
+from mask2former.utils import default_cache_dir  # noqa: E402
 
 TINY_CONFIG = REPO / "configs/safetybarrier/instance-segmentation/swin/tiny_cpu.yaml"
 logger = logging.getLogger("bench_train_tiny")

@@ -18,6 +18,6 @@ FRAME = (1080, 1920)  # a full-HD camera frame, as annotators upload
 
 def benchmark_frame() -> np.ndarray:
     """The same synthetic 1080x1920 guardrail scene in every benchmark (RGB uint8)."""
-    from training.data.synthetic import render_scene
+    from barrier_annotator.training.data.synthetic import render_scene
 
     return render_scene(np.random.default_rng(7), *FRAME).image

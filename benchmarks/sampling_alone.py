@@ -45,7 +45,8 @@ def layer_inputs(case: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 def _openvino_alone(inputs: tuple[torch.Tensor, ...], precision: str):
     """``deformable_sample`` converted and compiled on its own; None where the precision is missing."""
-    from mask2former.backends.openvino_backend import _PRECISION_HINTS, import_openvino, shared_core
+    from mask2former.backends.openvino_backend import _PRECISION_HINTS, shared_core
+    from mask2former.backends.openvino_runtime import import_openvino
     from mask2former.modeling.pixel_decoder.ms_deform_attn import deformable_sample
 
     ov = import_openvino()

@@ -96,3 +96,16 @@ def ensure_rgb_uint8(image: np.ndarray, *, channels: str = "RGB") -> np.ndarray:
     elif channels != "RGB":
         raise ValueError(f"channels must be 'RGB' or 'BGR', got {channels!r}")
     return np.ascontiguousarray(image)
+
+
+ImageInput = np.ndarray | str | Path | bytes
+"""What the predictor accepts: an RGB (or ``channels="BGR"``) array, a file path or encoded bytes."""
+
+
+def as_rgb_array(image: ImageInput, *, channels: str = "RGB") -> np.ndarray:
+    """Any :data:`ImageInput` -> RGB ``uint8`` HxWx3 array."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(image)
+    return ensure_rgb_uint8(image, channels=channels)

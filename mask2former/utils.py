@@ -1,9 +1,11 @@
-"""Crash-safe file writes (a reader sees the old file or the new one, never half of either) and
-strict JSON (no bare ``NaN``/``Infinity``, which JSON does not have and strict parsers reject)."""
+"""Files the product writes and reads back: crash-safe writes (a reader sees the old file or the new
+one, never half of either), strict JSON (no bare ``NaN``/``Infinity``, which JSON does not have and
+strict parsers reject), streamed digests, and where the caches live."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -12,6 +14,16 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+
+def default_cache_dir() -> Path:
+    """The product's cache root (downloaded weights, the OpenVINO cache, compiled kernels):
+    ``$BARRIER_ANNOTATOR_CACHE``, else ``$XDG_CACHE_HOME/barrier-annotator`` (``~/.cache/...``).
+    The one variable the library reads itself: like ``TORCH_HOME``, a per-user location that every
+    entry point, training worker and test must agree on."""
+    base = os.environ.get("BARRIER_ANNOTATOR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "barrier-annotator")
+    return Path(base)
 
 
 @contextlib.contextmanager
@@ -101,6 +113,36 @@ def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, sy
     with atomic_open(path, "w", sync_directory=sync_directory) as handle:
         handle.write(text)
         handle.write("\n")
+
+
+def file_sha256(path: str | Path, *, memo: Path | None = None, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, streamed (a Swin-L checkpoint is ~800 MB: never read whole).
+
+    With ``memo`` (a JSON file), digests are remembered by the file's (path, inode, size, mtime,
+    ctime): a rewritten file is hashed again, an unchanged one is not. The memo is best effort.
+    """
+    path = Path(path).resolve()
+    token = None
+    known: dict[str, str] = {}
+    if memo is not None:
+        stat = path.stat()
+        token = f"{path}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+        with contextlib.suppress(OSError, ValueError):
+            known = json.loads(memo.read_text())
+        if not isinstance(known, dict):
+            known = {}
+        if token in known:
+            return known[token]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    if memo is not None and token is not None:
+        known = {name: value for name, value in known.items() if not name.startswith(f"{path}:")}
+        known[token] = digest.hexdigest()
+        with contextlib.suppress(OSError):
+            atomic_write_json(memo, known)
+    return digest.hexdigest()
 
 
 def atomic_write_with(path: str | Path, writer: Callable[[IO[bytes]], None]) -> None:

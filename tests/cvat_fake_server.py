@@ -55,7 +55,7 @@ from cvat_sdk.api_client import models
 from cvat_sdk.api_client.model_utils import to_json
 from defusedxml.ElementTree import fromstring as parse_xml
 
-from mask2former.cvat.xml_shapes import SHAPE_TAGS
+from barrier_annotator.cvat.xml_shapes import SHAPE_TAGS
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mask2former.data_catalog import BARRIER_CLASSES
+from barrier_annotator.training.data.synthetic import render_scene
+from mask2former.config.class_names import BARRIER_CLASSES
 from mask2former.structures import Instances
 from tests.conftest import TINY_CONFIG
-from training.data.synthetic import render_scene
 
 
 class FakePredictor:
@@ -90,6 +90,6 @@ def function_env(folder, kind: str = "detector") -> dict[str, str]:
 @pytest.fixture(scope="session")
 def detector_function(tmp_path_factory):
     """functions/mask2former-barrier/main.py, initialised from its environment as Nuclio would do it."""
-    from tools.serve_function import LocalFunction
+    from barrier_annotator.tools.serve_function import LocalFunction
 
     return LocalFunction(env=function_env(tmp_path_factory.mktemp("function")))

@@ -1,6 +1,6 @@
 """A construction site a tiny model learns in five iterations, for the sync-and-train loop tests.
 
-The synthetic barrier scenes (``training.data.synthetic``) need hundreds of iterations before a
+The synthetic barrier scenes (``barrier_annotator.training.data.synthetic``) need hundreds of iterations before a
 tiny model's mask AP leaves 0, and the loop never deploys a model with AP 0. Here every frame has
 the same two bands (a yellow ``toeboard`` and a red ``rail_top``) on its own random dark noise:
 distinct bytes (the train/val split is by content hash), the same easy shapes.
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mask2former.cvat import CvatDocument, LabelSpec
-from training.data.synthetic import CLASS_NAMES
+from barrier_annotator.cvat import CvatDocument, LabelSpec
+from barrier_annotator.training.data.synthetic import CLASS_NAMES
 
 HEIGHT, WIDTH = 64, 96
 BANDS = (("rail_top", 12, 18, (200, 40, 40)), ("toeboard", 40, 56, (230, 200, 30)))

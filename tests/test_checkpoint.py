@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from mask2former.checkpoint import (
-    CheckpointMismatchError,
-    UnsafeCheckpointError,
-    load_checkpoint,
-    read_checkpoint,
-)
 from mask2former.config import load_config
 from mask2former.config.build import build_model
-from mask2former.weights import WeightsNotFoundError, resolve_weights
+from mask2former.weights import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+    load_checkpoint,
+    read_checkpoint,
+    resolve_weights,
+)
 
 from .conftest import TINY_CONFIG
 

@@ -1,4 +1,4 @@
-"""Mask, RLE, polygon and payload encodings of mask2former.cvat, checked against independent
+"""Mask, RLE, polygon and payload encodings of barrier_annotator.cvat, checked against independent
 decoders written here and against cvat_sdk's own encoder (what CVAT's server computes)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from cvat_sdk.masks import decode_mask as sdk_decode_mask
 from cvat_sdk.masks import encode_mask as sdk_encode_mask
 from scipy.ndimage import binary_fill_holes
 
-from mask2former.cvat import (
+from barrier_annotator.cvat import (
     decode_detector_mask,
     decode_rle,
     decode_sdk_mask,
@@ -382,7 +382,7 @@ def test_polygon_is_none_only_for_empty_masks() -> None:
 
 
 def test_collinear_vertices_are_rejected() -> None:
-    from mask2former.cvat.polygons import _clean
+    from barrier_annotator.cvat.polygons import _clean
 
     assert _clean(np.array([[0, 0], [2, 0], [5, 0], [2, 0]])) is None
     assert _clean(np.array([[0, 0], [0, 0], [3, 0], [3, 3]])) is not None

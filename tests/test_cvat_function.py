@@ -14,13 +14,13 @@ from cvat_sdk.auto_annotation import BadFunctionError
 from cvat_sdk.auto_annotation.driver import _AnnotationMapper, _DetectionFunctionContextImpl
 from cvat_sdk.masks import decode_mask
 
-from mask2former.cvat import instance_polygons, polygons_to_mask
-from mask2former.data_catalog import BARRIER_CLASSES
+from barrier_annotator.cvat import instance_polygons, polygons_to_mask
+from barrier_annotator.serving import ModelHandler
+from barrier_annotator.tools.cvat_function import BarrierFunction, create, parse_shape_types
+from mask2former.config.class_names import BARRIER_CLASSES
 from mask2former.predictor import Predictor
-from mask2former.serving import ModelHandler
 from tests.conftest import TINY_CONFIG
 from tests.serving_fakes import FakePredictor, iou, synthetic_instances
-from tools.cvat_function import BarrierFunction, create, parse_shape_types
 
 
 def context(conf_threshold: float | None = 0.0, conv_mask_to_poly: bool = False) -> _DetectionFunctionContextImpl:

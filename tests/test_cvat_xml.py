@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from cvat_sdk.masks import encode_mask as sdk_encode_mask
 
-from mask2former.cvat import (
+from barrier_annotator.cvat import (
     CvatDocument,
     CvatXmlError,
     LabelSpec,

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mask2former.cvat.xml_document import CvatDocument
-from tools.demo import main
+from barrier_annotator.cvat.xml_document import CvatDocument
+from barrier_annotator.tools.demo import main
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

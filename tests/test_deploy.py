@@ -4,6 +4,7 @@ arguments; the tests check the refusals, the staged build context and the exact 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -137,12 +138,24 @@ def test_exact_commands_and_staged_context(sandbox, flags, name, yaml) -> None:
     assert sandbox.calls() == [["docker", "info"], CREATE, deploy_call(sandbox.stage, name, yaml)]
     assert "nuctl get function --platform local" in result.stdout
     context = sandbox.stage / name
-    for staged in ("main.py", "model_handler.py", yaml, "product/pyproject.toml", "product/README.md",
-                   "product/mask2former/serving/handler.py", "product/configs/" + TINY_REL.split("configs/", 1)[1]):
+    for staged in ("main.py", "model_handler.py", yaml, "requirements.txt", "requirements-cpu.txt",
+                   "product/mask2former/predictor.py", "product/barrier_annotator/serving/handler.py",
+                   "product/configs/" + TINY_REL.split("configs/", 1)[1]):
         assert (context / staged).is_file(), staged
     assert not list(context.rglob("__pycache__"))
+    assert_only_what_the_function_imports(context / "product")
     assert [p.name for p in (context / "model" / "weights").iterdir()] == ["model_final.pth"]
     assert (context / "model" / "config.yaml").read_text() == f"_BASE_: /opt/nuclio/product/{TINY_REL}\n"
+
+
+def assert_only_what_the_function_imports(product: Path) -> None:
+    """The model and the CVAT side it serves: no training code, no sync loop, no commands."""
+    assert sorted(p.name for p in product.iterdir()) == ["barrier_annotator", "configs", "mask2former"]
+    assert sorted(p.name for p in (product / "barrier_annotator").iterdir()) == ["__init__.py", "cvat", "serving"]
+    for path in product.rglob("*.py"):
+        source = path.read_text()
+        assert "barrier_annotator.training" not in source and "barrier_annotator.sync" not in source, path
+        assert not re.search(r"^\s*(from|import) \.\.(training|sync|labelling|tools)\b", source, re.MULTILINE), path
 
 
 def test_existing_project_is_fine_other_create_errors_are_not(sandbox) -> None:

@@ -1,5 +1,5 @@
 """The request bodies CVAT 2.73's lambda manager really sends, through the Nuclio glue
-(``mask2former.serving.nuclio``) with a real ``nuclio_sdk`` Context and Logger wired as Nuclio's
+(``barrier_annotator.serving.nuclio``) with a real ``nuclio_sdk`` Context and Logger wired as Nuclio's
 Python wrapper wires them (a JSON log stream), and what an administrator finds in that log when a
 request is refused: CVAT itself shows only "400 Client Error".
 """
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from cvat_sdk.masks import decode_mask
 
-from mask2former.serving import ModelHandler
-from mask2former.serving.nuclio import init_worker, respond
+from barrier_annotator.serving import ModelHandler
+from barrier_annotator.serving.nuclio import init_worker, respond
 from mask2former.structures import Instances
 from tests.serving_fakes import FakePredictor, encode_frame, server_decode_detector_mask
 

@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_fill_holes
 
-from mask2former.cvat import polygon_to_mask
-from mask2former.data_catalog import BARRIER_CLASSES
+from barrier_annotator.cvat import polygon_to_mask
+from barrier_annotator.serving import ModelHandler
+from barrier_annotator.tools.serve_function import LocalFunction, make_event
+from mask2former.config.class_names import BARRIER_CLASSES
 from mask2former.predictor import Predictor
-from mask2former.serving import ModelHandler
 from tests.conftest import TINY_CONFIG
 from tests.serving_fakes import (  # noqa: F401 (detector_function is a fixture)
     FakePredictor,
@@ -31,7 +32,6 @@ from tests.serving_fakes import (  # noqa: F401 (detector_function is a fixture)
     server_decode_detector_mask,
     synthetic_instances,
 )
-from tools.serve_function import LocalFunction, make_event
 
 FRAME = (np.random.default_rng(7).random((72, 96, 3)) * 255).astype(np.uint8)
 

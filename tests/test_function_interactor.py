@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from cvat_sdk.masks import decode_mask
 
-from mask2former.serving import ModelHandler, Prompt, choose_instance
+from barrier_annotator.serving import ModelHandler, Prompt, choose_instance
+from barrier_annotator.tools.serve_function import LocalFunction
 from mask2former.structures import Instances
 from tests.serving_fakes import FakePredictor, body, function_env, synthetic_instances
 from tests.test_function_handler import call
-from tools.serve_function import LocalFunction
 
 NAMES = ("rail_top", "rail_mid", "toeboard", "vertical_post")
 
@@ -118,7 +118,7 @@ def test_malformed_prompts_are_400(fields: dict) -> None:
 
 
 def test_flat_and_reversed_boxes_are_normalised() -> None:
-    from mask2former.serving.requests import parse_box
+    from barrier_annotator.serving.requests import parse_box
 
     assert parse_box({"obj_bbox": [[10, 20], [2, 4]]}) == (2.0, 4.0, 10.0, 20.0)
     assert parse_box({"obj_bbox": [2, 4, 10, 20]}) == (2.0, 4.0, 10.0, 20.0)

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 
-from mask2former.cvat import detector_shape, mask_to_polygon, polygon_to_mask, tight_crop
-from mask2former.cvat.payloads import detector_response_json, detector_shape_json
-from mask2former.cvat.polygons import MIN_FIDELITY
-from mask2former.serving import ModelHandler
+from barrier_annotator.cvat import detector_shape, mask_to_polygon, polygon_to_mask, tight_crop
+from barrier_annotator.cvat.payloads import detector_response_json, detector_shape_json
+from barrier_annotator.cvat.polygons import MIN_FIDELITY
+from barrier_annotator.serving import ModelHandler
 from mask2former.structures import Instances
 from tests.serving_fakes import FakePredictor, encode_frame, iou, server_decode_detector_mask
 

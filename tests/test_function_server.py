@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from barrier_annotator.tools.serve_function import LocalFunction, make_event, make_server, response_bytes
 from tests.serving_fakes import body, detector_function  # noqa: F401 (a fixture)
-from tools.serve_function import LocalFunction, make_event, make_server, response_bytes
 
 FRAME = (np.random.default_rng(3).random((48, 64, 3)) * 255).astype(np.uint8)
 

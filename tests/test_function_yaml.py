@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 from pathlib import Path
 
 import pytest
 import yaml
 
+from barrier_annotator.tools.serve_function import load_function_module
 from mask2former.config import load_config
-from mask2former.data_catalog import class_names_for
+from mask2former.config.class_names import class_names_for
 from tests.conftest import REPO_ROOT, SWIN_L_CONFIG, SWIN_T_CONFIG
-from tools.serve_function import load_function_module
 
 FUNCTION_DIR = REPO_ROOT / "functions" / "mask2former-barrier"
 FILES = ("function.yaml", "function-gpu.yaml", "function-interactor.yaml", "function-interactor-gpu.yaml")
@@ -65,7 +66,9 @@ def test_common_keys_cvat_and_nuclio_need(name: str) -> None:
     assert env["BARRIER_WEIGHTS"] == "/opt/nuclio/model/weights"
     assert env["BARRIER_BACKEND"] in ("auto", "torch", "openvino")
     post = " ".join(directives(config, "postCopy"))
-    assert "/opt/nuclio/product" in post  # the staged product is installed, weights are not fetched
+    # the function's requirements are installed and its staged source imported; weights are not fetched
+    assert "-r /opt/nuclio/requirements" in post
+    assert "ENV PYTHONPATH=/opt/nuclio/product" in directives(config, "preCopy")
     assert "http" not in post.replace("https://download.pytorch.org/whl/", "")
 
 
@@ -127,16 +130,26 @@ def test_cpu_and_gpu_files_differ_exactly_where_they_should() -> None:
             assert line in gpu_pre and line not in cpu_pre
         assert any("python3.11" in line for line in gpu_pre)
         cpu_post, gpu_post = " ".join(directives(cpu, "postCopy")), " ".join(directives(gpu, "postCopy"))
-        assert "whl/cpu" in cpu_post and "[openvino]" in cpu_post and "barrier-prepare-openvino" in cpu_post
-        assert "whl/cu" in gpu_post and "openvino" not in gpu_post
+        assert "whl/cpu" in cpu_post and "requirements-cpu.txt" in cpu_post and "--prepare" in cpu_post
+        assert "whl/cu" in gpu_post and "-r /opt/nuclio/requirements.txt" in gpu_post and "prepare" not in gpu_post
 
 
 def test_cpu_build_prepares_openvino_into_the_runtime_cache() -> None:
+    """The build step runs model_handler.py, which reads the runtime's variables with defaults (spec.env
+    is not set while the image builds): the defaults must be the yaml's values, or the build would
+    warm another model than the one a worker loads."""
+    handler = runpy.run_path(str(FUNCTION_DIR / "model_handler.py"), run_name="model_handler")
     for name in ("function.yaml", "function-interactor.yaml"):
         config = load(name)
-        assert "ENV BARRIER_OV_CACHE=/opt/nuclio/model/openvino-cache" in directives(config, "preCopy")
-        (prepare,) = [line for line in directives(config, "postCopy") if "barrier-prepare-openvino" in line]
-        assert "--config-file /opt/nuclio/model/config.yaml" in prepare and "/opt/nuclio/model/weights/" in prepare
+        pre = directives(config, "preCopy")
+        assert "ENV BARRIER_OV_CACHE=/opt/nuclio/model/openvino-cache" in pre
+        assert "ENV NUMBA_CACHE_DIR=/opt/nuclio/model/numba-cache" in pre
+        (prepare,) = [line for line in directives(config, "postCopy") if "--prepare" in line]
+        assert prepare == "RUN python /opt/nuclio/model_handler.py --prepare 800x1344 1344x800"
+        env = {item["name"]: item["value"] for item in config["spec"]["env"]}
+        assert env["BARRIER_CONFIG"] == handler["DEFAULT_CONFIG"]
+        assert env["BARRIER_WEIGHTS"] == handler["DEFAULT_WEIGHTS"]
+        assert env["BARRIER_BACKEND"] == "auto" and env["BARRIER_DEVICE"] == "cpu"
 
 
 def test_detector_and_interactor_share_the_build() -> None:
@@ -154,10 +167,11 @@ def test_handler_named_in_the_files_exists() -> None:
 
 
 def test_nothing_imports_from_functions_or_tools() -> None:
-    for package in ("mask2former", "training"):
+    for package in ("mask2former", "barrier_annotator", "training"):
         for path in (REPO_ROOT / package).rglob("*.py"):
             text = path.read_text()
-            assert not re.search(r"^\s*(from|import)\s+(tools|functions)\b", text, re.MULTILINE), path
+            assert not re.search(r"^\s*(from|import)\s+(barrier_annotator\.tools|tools|functions)\b", text,
+                                 re.MULTILINE), path
 
 
 def test_files_name_existing_paths() -> None:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from mask2former.checkpoint import load_checkpoint
 from mask2former.config import load_config
 from mask2former.config.build import build_model
 from mask2former.modeling import pixel_decoder
@@ -21,6 +20,7 @@ from mask2former.modeling.pixel_decoder import fused_sampling
 from mask2former.modeling.pixel_decoder.fused_sampling import fused_deformable_sample
 from mask2former.modeling.pixel_decoder.ms_deform_attn import MSDeformAttn, deformable_sample, sampling_mode
 from mask2former.predictor import Predictor
+from mask2former.weights import load_checkpoint
 
 from .conftest import REPO_ROOT, SWIN_T_CONFIG, TINY_CONFIG
 
@@ -195,14 +195,14 @@ def test_openvino_operation_widens_bf16_buffers():
 
 @needs_numba
 def test_prepare_fills_the_kernel_cache_and_a_new_process_loads_it(tmp_path):
-    """``barrier-prepare-openvino`` compiles the kernel into $BARRIER_OV_CACHE (the CPU function's
-    image runs it at build time), not into the source tree (read-only in a site-packages install);
-    a worker started afterwards loads it instead of compiling."""
+    """``barrier-prepare-openvino`` compiles the kernel into $NUMBA_CACHE_DIR (the CPU function's
+    image sets it and prepares at build time), not into the source tree (read-only in a site-packages
+    install); a worker started afterwards loads it instead of compiling."""
     pytest.importorskip("openvino")
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["BARRIER_OV_CACHE"] = str(tmp_path / "ov")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "ov" / "numba-kernels"),
+           "BARRIER_OV_CACHE": str(tmp_path / "ov")}
     prepare = subprocess.run(
-        [sys.executable, "-m", "mask2former.backends.prepare", "--config-file", str(TINY_CONFIG)],
+        [sys.executable, "-m", "barrier_annotator.tools.prepare_openvino", "--config-file", str(TINY_CONFIG)],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert prepare.returncode == 0, prepare.stderr[-3000:]
     cache = tmp_path / "ov" / "numba-kernels"

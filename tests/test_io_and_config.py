@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mask2former.config import ConfigError, load_config
-from mask2former.data_catalog import BARRIER_CLASSES, COCO_CLASSES, class_names_for
+from mask2former.config.class_names import BARRIER_CLASSES, COCO_CLASSES, class_names_for
 from mask2former.io import ImageDecodeError, decode_image
 
 from .conftest import REPO_ROOT, SWIN_L_CONFIG, SWIN_T_CONFIG, TINY_CONFIG

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mask2former.cvat import (
+from barrier_annotator.cvat import (
     CvatDocument,
     LabelSpec,
     decode_rle,
@@ -28,23 +28,24 @@ from mask2former.cvat import (
     paste_crop,
     polygons_to_mask,
 )
-from mask2former.io import read_image
-from mask2former.labelling import (
+from barrier_annotator.labelling import (
     FatalInputError,
     LabelOptions,
     PredictionRecord,
+    ShapeChoice,
     UnsafeImageNameError,
     label_folder,
     relative_parts,
     shape_kinds,
 )
-from mask2former.labelling import outputs as outputs_module
-from mask2former.labelling.ownership import AnnotationMerger
-from mask2former.labelling.prefetch import prefetch
+from barrier_annotator.labelling import outputs as outputs_module
+from barrier_annotator.labelling.ownership import AnnotationMerger
+from barrier_annotator.labelling.prefetch import prefetch
+from barrier_annotator.tools import label_images
+from barrier_annotator.training.data.synthetic import generate_dataset
+from mask2former.io import read_image
 from mask2former.predictor import Predictor
 from mask2former.structures import Instances
-from tools import label_images
-from training.data.synthetic import generate_dataset
 
 from .conftest import REPO_ROOT, TINY_CONFIG
 
@@ -463,8 +464,8 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(reference, weig
     killed = tmp_path / "killed"
     args = cli_args(input_dir, killed, weights_file, "--batch-size", "1")
     env = {**os.environ, "BARRIER_BACKEND": "torch", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "tools.label_images", *args], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "barrier_annotator.tools.label_images", *args], cwd=REPO_ROOT,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if any((killed / "predictions").glob("*.json")):
@@ -622,13 +623,13 @@ def test_unsafe_image_names_are_refused(name):
 def test_labels_the_task_lacks_or_cannot_hold_masks_are_not_written():
     doc = CvatDocument.load(FIXTURE)  # rail_top: mask, vertical_post: any, no rail_mid / toeboard
     classes = ("rail_top", "rail_mid", "toeboard", "vertical_post", "worker", "head")
-    assert shape_kinds(doc, classes, polygons=False) == {
+    assert {name: choice.to_json() for name, choice in shape_kinds(doc, classes, polygons=False).items()} == {
         "rail_top": "mask", "rail_mid": "skip: label not in the task", "toeboard": "skip: label not in the task",
         "vertical_post": "mask", "worker": "skip: the task's label type is 'skeleton'",
         "head": "skip: the task's label type is 'points'"}
-    assert shape_kinds(doc, ("rail_top", "vertical_post"), polygons=True) == {  # a mask label stays a mask label
-        "rail_top": "mask", "vertical_post": "polygon"}
-    assert shape_kinds(CvatDocument.from_bytes(b"<annotations/>"), ("a",), polygons=False) == {"a": "mask"}
+    assert {name: choice.kind for name, choice in shape_kinds(doc, ("rail_top", "vertical_post"), polygons=True).items()
+            } == {"rail_top": "mask", "vertical_post": "polygon"}  # a mask label stays a mask label
+    assert shape_kinds(CvatDocument.from_bytes(b"<annotations/>"), ("a",), polygons=False) == {"a": ShapeChoice("mask")}
 
 
 def test_plain_names_keep_their_sub_folders():
@@ -705,7 +706,7 @@ def test_polygons_read_back_as_exactly_the_predicted_instances(tmp_path):
     per piece; specks under 16 px and holes are the rest); rectangles come back pixel-exact."""
     import datumaro as dm
 
-    from training.data.cvat_xml import load_cvat_xml
+    from barrier_annotator.training.data.cvat_xml import load_cvat_xml
 
     input_dir = _empty_export(tmp_path / "in", ["a.png", "b/c.png"])
     summary = label_folder(PiecesPredictor(), options(input_dir, tmp_path / "out", polygons=True))

@@ -10,24 +10,24 @@ import numpy as np
 import pytest
 import torch
 
+from barrier_annotator.training.quick_fit import overfit_tiny_model, synthetic_scenes
 from mask2former.backends import resolve_backend
-from mask2former.checkpoint import load_checkpoint
 from mask2former.config import load_config
 from mask2former.config.build import build_model
 from mask2former.predictor import Predictor
 from mask2former.preprocess import normalize_and_pad, resize_image, resized_shape
-from training.quick_fit import overfit_tiny_model, synthetic_scenes
+from mask2former.weights import load_checkpoint
 
 from .conftest import SWIN_T_CONFIG
 
-ov_backend = pytest.importorskip("mask2former.backends.openvino_backend")
-if not ov_backend.openvino_available():  # pragma: no cover - the openvino extra is not installed
+ov_runtime = pytest.importorskip("mask2former.backends.openvino_runtime")
+if not ov_runtime.openvino_available():  # pragma: no cover - the openvino extra is not installed
     pytest.skip("openvino is not installed", allow_module_level=True)
 from mask2former.backends.ir_cache import ConvertedModelCache  # noqa: E402
 
 
 def _cpu_supports(capability: str) -> bool:
-    ov = ov_backend.import_openvino()
+    ov = ov_runtime.import_openvino()
     return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
@@ -42,7 +42,7 @@ def _assert_same_instances(ours, theirs, *, min_iou: float = 0.999) -> None:
 
 
 def test_telemetry_stays_off():
-    ov_backend.import_openvino()
+    ov_runtime.import_openvino()
     from openvino.tools.ovc import convert_impl
 
     assert convert_impl.tm.__name__.endswith("telemetry_stub")
@@ -251,14 +251,14 @@ def test_file_digests_are_memoised_until_the_file_changes(tmp_path, monkeypatch)
     """A cold start compares the cache entry's stat, not a fresh SHA-256 of an ~800 MB Swin-L model.bin."""
     import hashlib
 
-    from mask2former.backends import ir_cache
+    from mask2former import utils
 
     memo, data = tmp_path / "digests.json", tmp_path / "model.bin"
     data.write_bytes(b"weights v1")
-    assert ir_cache.file_digest(data, memo=memo) == hashlib.sha256(b"weights v1").hexdigest()
+    assert utils.file_sha256(data, memo=memo) == hashlib.sha256(b"weights v1").hexdigest()
     with monkeypatch.context() as patch:
-        patch.setattr(ir_cache, "_sha256", lambda path: pytest.fail("hashed an unchanged file again"))
-        assert ir_cache.file_digest(data, memo=memo) == hashlib.sha256(b"weights v1").hexdigest()
+        patch.setattr(utils, "hashlib", None)  # any hashing now fails
+        assert utils.file_sha256(data, memo=memo) == hashlib.sha256(b"weights v1").hexdigest()
     data.write_bytes(b"weights v2, rewritten")  # another size: file times can tick coarser than this test
-    assert ir_cache.file_digest(data, memo=memo) == hashlib.sha256(b"weights v2, rewritten").hexdigest()
+    assert utils.file_sha256(data, memo=memo) == hashlib.sha256(b"weights v2, rewritten").hexdigest()
     assert len(json.loads(memo.read_text())) == 1  # the old version's line was dropped

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mask2former.checkpoint import load_checkpoint
 from mask2former.config import load_config
 from mask2former.config.build import build_model
 from mask2former.postprocess import ResizeGeometry, instances_from_outputs, reference_instances
 from mask2former.predictor import Predictor
+from mask2former.weights import load_checkpoint
 
 from .conftest import REPO_ROOT
 
@@ -99,7 +99,7 @@ def test_predictor_instances_match_upstream(parity_model, expected, name):
     """The product's path (threshold-first, windowed upsampling) gives upstream's instances."""
     cfg, model = parity_model
     case = expected[name]
-    predictor = Predictor(cfg, model=model, score_threshold=0.0, max_detections=20)
+    predictor = Predictor(cfg, model=model, backend="torch", score_threshold=0.0, max_detections=20)
     predictor.short_edge = 0  # the fixtures were made without resizing
     instances = predictor(case["input_rgb_hwc_uint8"].numpy())
     theirs = case["instances"]

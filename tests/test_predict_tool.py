@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tools import predict
+from barrier_annotator.tools import predict
 
 from .conftest import TINY_CONFIG
 

@@ -15,7 +15,7 @@ from mask2former.structures import boxes_from_masks
 
 @pytest.fixture(scope="module")
 def predictor(tiny_cfg, tiny_model):
-    return Predictor(tiny_cfg, model=tiny_model, score_threshold=0.0, max_detections=10)
+    return Predictor(tiny_cfg, model=tiny_model, backend="torch", score_threshold=0.0, max_detections=10)
 
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The canonical annotation digest (training/sync/digest.py) and the manifest upgrade that adopts it.
+"""The canonical annotation digest (barrier_annotator/sync/digest.py) and the manifest upgrade that adopts it.
 
 Equal for every export of the same annotations (a real CVAT re-export reorders shapes, rewrites
 ``source``, renumbers groups, formats numbers its own way, stores masks in larger boxes);
@@ -16,11 +16,11 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 
-from mask2former.cvat import CvatDocument, encode_rle
+from barrier_annotator.cvat import CvatDocument, encode_rle
+from barrier_annotator.sync.cvat_client import JobInfo
+from barrier_annotator.sync.dataset_store import DatasetStore
+from barrier_annotator.sync.digest import DIGEST_VERSION, document_digests, image_digest
 from tests.cvat_fake_server import export_zip, reordered
-from training.sync.cvat_client import JobInfo
-from training.sync.dataset_store import DatasetStore
-from training.sync.digest import DIGEST_VERSION, document_digests, image_digest
 
 META = """<version>1.1</version><meta><task><labels>
 <label><name>rail_top</name><type>any</type><attributes>
@@ -113,7 +113,7 @@ def test_the_image_size_counts():
 
 
 def test_a_broken_mask_names_its_image():
-    from mask2former.cvat import CvatXmlError
+    from barrier_annotator.cvat import CvatXmlError
 
     broken = mask_xml().replace(f'rle="{rle(PIXELS)}"', 'rle="1, 2"')
     with pytest.raises(CvatXmlError, match=r"a\.jpg"):

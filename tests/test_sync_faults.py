@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from barrier_annotator.tools.sync_and_train import main
+from barrier_annotator.training.data.synthetic import generate_dataset
 from tests.cvat_fake_server import FakeCvat, Fault, export_zip, synthetic_job_export
-from tools.sync_and_train import main
-from training.data.synthetic import generate_dataset
 
 TOKEN = "pat-Zq81faultsSECRETvalue"
 PASSWORD = "pw-correct-horse-SECRET"
@@ -156,7 +156,7 @@ def test_an_unreachable_server_fails_after_the_retries(cvat, tmp_path, capsys):
 
 
 def test_an_interrupted_run_is_abandoned_and_the_next_starts_clean(cvat, tmp_path, capsys):
-    from training.sync.run_state import RunState, new_run
+    from barrier_annotator.sync.run_state import RunState, new_run
 
     interrupted = new_run(tmp_path, 1)
     interrupted.record("pulled", round=1, jobs=[])  # then killed while training

@@ -19,9 +19,9 @@ import pytest
 from cvat_sdk.api_client.exceptions import ApiException
 from cvat_sdk.core.client import AccessTokenCredentials, Client, Config
 
+from barrier_annotator.tools.sync_and_train import main
 from tests.cvat_fake_server import FakeCvat, Fault, export_zip, synthetic_job_export
 from tests.sync_sites import easy_site
-from tools.sync_and_train import main
 
 TOKEN = "pat-Hb7habitsSECRETtoken"
 

@@ -32,13 +32,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from barrier_annotator.sync.dataset_store import split_of
+from barrier_annotator.tools.sync_and_train import main
+from barrier_annotator.training.data.cvat_xml import load_cvat_xml
+from barrier_annotator.training.data.synthetic import CLASS_NAMES
 from tests.conftest import TINY_CONFIG
 from tests.cvat_fake_server import EPOCH, FakeCvat, synthetic_job_export
 from tests.sync_sites import easy_site
-from tools.sync_and_train import main
-from training.data.cvat_xml import load_cvat_xml
-from training.data.synthetic import CLASS_NAMES
-from training.sync.dataset_store import split_of
 
 TOKEN = "pat-9f3Kq7ZsyncSECRETtoken"
 VAL_PERCENT = 30

@@ -12,14 +12,21 @@ import pytest
 import torch
 from cvat_sdk.api_client.exceptions import ServiceException, UnauthorizedException
 
-from training.sync.cvat_client import CvatAuthError, read_credentials
-from training.sync.dataset_store import DatasetError, DatasetStore, split_of
-from training.sync.deploy import DeployError, Deployment, file_sha256, load_deployed, package, record_deployment
-from training.sync.export import CorruptDownload, ExportError, check_export, safe_member
-from training.sync.gate import GateCriteria, decide, describe_criteria
-from training.sync.redact import forget_secrets, redact, register_secret, scrubbed_logging
-from training.sync.retry import RetriesExhausted, RetryPolicy, TransientError, is_transient, with_retries
-from training.sync.run_state import latest_unfinished, new_run
+from barrier_annotator.sync.cvat_client import CvatAuthError, read_credentials
+from barrier_annotator.sync.dataset_store import DatasetError, DatasetStore, split_of
+from barrier_annotator.sync.deploy import (
+    DeployError,
+    Deployment,
+    load_deployed,
+    package,
+    record_deployment,
+)
+from barrier_annotator.sync.export import CorruptDownload, ExportError, check_export, safe_member
+from barrier_annotator.sync.gate import GateCriteria, decide, describe_criteria
+from barrier_annotator.sync.redact import forget_secrets, redact, register_secret, scrubbed_logging
+from barrier_annotator.sync.retry import RetriesExhausted, RetryPolicy, TransientError, is_transient, with_retries
+from barrier_annotator.sync.run_state import latest_unfinished, new_run
+from mask2former.utils import file_sha256
 
 CLASSES = ("rail_top", "rail_mid", "toeboard", "vertical_post")
 
@@ -120,7 +127,7 @@ def test_log_records_are_scrubbed_even_in_tracebacks(caplog):
     register_secret(secret)
     try:
         with scrubbed_logging(), caplog.at_level(logging.DEBUG):
-            log = logging.getLogger("training.sync.test")
+            log = logging.getLogger("barrier_annotator.sync.test")
             log.info("header Authorization: Bearer %s", secret)
             try:
                 raise RuntimeError(f"server echoed {secret}")
@@ -210,8 +217,8 @@ def test_latest_unfinished_run(tmp_path):
 
 
 def test_mark_deployed_records_a_package_deployed_by_hand(tmp_path, capsys):
-    from tools.sync_and_train import main
-    from training.sync.run_state import RunState
+    from barrier_annotator.sync.run_state import RunState
+    from barrier_annotator.tools.sync_and_train import main
 
     run = new_run(tmp_path, 4)
     weights = tmp_path / "deployments" / run.id / "model_final.pth"
@@ -231,7 +238,7 @@ def test_mark_deployed_records_a_package_deployed_by_hand(tmp_path, capsys):
 
 
 def test_a_password_on_the_command_line_is_refused(tmp_path, capsys):
-    from tools.sync_and_train import main
+    from barrier_annotator.tools.sync_and_train import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--host", "http://127.0.0.1:9", "--project", "1", "--workdir", str(tmp_path), "--auth",
@@ -242,11 +249,11 @@ def test_a_password_on_the_command_line_is_refused(tmp_path, capsys):
 
 
 def test_several_gpus_train_in_worker_processes(tmp_path, monkeypatch):
-    """--num-gpus N > 1: training.train_net's launcher on the merged config; metrics from metrics.json."""
+    """--num-gpus N > 1: barrier-train's launcher on the merged config; metrics from metrics.json."""
     import subprocess
 
+    from barrier_annotator.sync import trainer
     from tests.conftest import TINY_CONFIG
-    from training.sync import trainer
 
     calls = []
 
@@ -264,8 +271,8 @@ def test_several_gpus_train_in_worker_processes(tmp_path, monkeypatch):
     result = trainer.finetune(trainer.TrainRequest(TINY_CONFIG, split, split, tmp_path / "out", iterations=10,
                                                    num_gpus=2, opts=("MODEL.DEVICE", "cpu")))
     command, env = calls[0]
-    assert command[1:] == ["-m", "training.train_net", "--config-file", str(tmp_path / "out" / "sync_config.yaml"),
-                           "--num-gpus", "2"]
+    assert command[1:] == ["-m", "barrier_annotator.training.train_net", "--config-file",
+                           str(tmp_path / "out" / "sync_config.yaml"), "--num-gpus", "2"]
     assert "CVAT_ACCESS_TOKEN" not in env
     dumped = (tmp_path / "out" / "sync_config.yaml").read_text()
     assert "MAX_ITER: 10" in dumped and "safetybarrier_x_val" in dumped
@@ -292,7 +299,7 @@ def test_a_val_set_without_instances_decides_nothing():
 
 
 def test_the_first_deployment_needs_a_floor_by_default():
-    from training.sync.gate import FIRST_DEPLOYMENT_MIN_AP
+    from barrier_annotator.sync.gate import FIRST_DEPLOYMENT_MIN_AP
 
     assert FIRST_DEPLOYMENT_MIN_AP == 10.0
     weak = decide(metrics(5.0), None, GateCriteria())
@@ -307,7 +314,7 @@ def test_the_first_deployment_needs_a_floor_by_default():
 
 
 def test_the_command_line_floor_defaults_to_the_first_deployment_rule(tmp_path):
-    from tools.sync_and_train import build_parser, options_from_args
+    from barrier_annotator.tools.sync_and_train import build_parser, options_from_args
 
     base = ["--host", "http://cvat", "--project", "1", "--workdir", str(tmp_path)]
     assert options_from_args(build_parser().parse_args(base)).criteria.min_metric is None
@@ -335,7 +342,7 @@ def test_json_files_hold_null_for_nan_and_infinity(tmp_path):
 
 
 def test_deployed_and_state_files_are_strict_and_older_ones_still_load(tmp_path):
-    from training.sync.run_state import RunState
+    from barrier_annotator.sync.run_state import RunState
 
     weights = tmp_path / "model_final.pth"
     weights.write_bytes(b"w")
@@ -354,8 +361,8 @@ def test_deployed_and_state_files_are_strict_and_older_ones_still_load(tmp_path)
 
 
 def test_metrics_json_lines_are_strict(tmp_path):
-    from training.evaluation import write_metrics
-    from training.metrics import read_metrics, truncate_metrics
+    from barrier_annotator.training.evaluation import write_metrics
+    from barrier_annotator.training.metrics import read_metrics, truncate_metrics
 
     path = tmp_path / "metrics.json"
     path.write_text('{"iteration": 0, "total_loss": NaN}\n')  # an older file
@@ -367,8 +374,8 @@ def test_metrics_json_lines_are_strict(tmp_path):
 
 # ---------------------------------------------------------------- the dry run tells the device (issue 13)
 def test_the_dry_run_names_the_device_the_config_chooses(monkeypatch):
+    from barrier_annotator.sync.trainer import training_hardware
     from tests.conftest import TINY_CONFIG
-    from training.sync.trainer import training_hardware
 
     assert training_hardware(TINY_CONFIG, (), 1) == "on the CPU"  # tiny_cpu.yaml: MODEL.DEVICE cpu
     assert training_hardware(TINY_CONFIG, (), 2) == "on the CPU in 2 worker processes"

@@ -13,7 +13,7 @@ import pytest
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from training.data.synthetic import (
+from barrier_annotator.training.data.synthetic import (
     CLASS_NAMES,
     encode_segmentation,
     generate_dataset,
@@ -21,8 +21,8 @@ from training.data.synthetic import (
     render_sample,
     render_scene,
 )
-from training.data.synthetic_backdrop import add_occluders
-from training.data.synthetic_paint import fill_polygon, polygon_mask
+from barrier_annotator.training.data.synthetic_backdrop import add_occluders
+from barrier_annotator.training.data.synthetic_paint import fill_polygon, polygon_mask
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # pycocotools 2.0.x decoding under numpy 2 warns on every call; not ours to fix.
@@ -262,7 +262,7 @@ def test_invalid_arguments(tmp_path):
 
 
 def test_cvat_xml_matches_coco(tmp_path):
-    from mask2former.cvat import CvatDocument
+    from barrier_annotator.cvat import CvatDocument
 
     paths = generate_dataset(tmp_path, num_train=2, num_val=1, image_size=160, seed=2, write_cvat_xml=True,
                              progress=False)
@@ -283,13 +283,13 @@ def test_cvat_xml_matches_coco(tmp_path):
 def test_cli_writes_a_dataset(tmp_path):
     out = tmp_path / "cli"
     result = subprocess.run(
-        [sys.executable, "-m", "training.data.synthetic", "--out", str(out), "--train", "2", "--val", "1",
-         "--size", "96", "--seed", "3", "--coco-mask-style", "polygon", "--no-progress"],
+        [sys.executable, "-m", "barrier_annotator.training.data.synthetic", "--out", str(out), "--train", "2",
+         "--val", "1", "--size", "96", "--seed", "3", "--coco-mask-style", "polygon", "--no-progress"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["000000.jpg", "000001.jpg"]
     val = _load(out / "annotations" / "instances_val.json")
     assert len(val["images"]) == 1 and val["info"]["mask_style"] == "polygon"
-    bad = subprocess.run([sys.executable, "-m", "training.data.synthetic", "--out", str(out), "--size", "8"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run([sys.executable, "-m", "barrier_annotator.training.data.synthetic", "--out", str(out),
+                          "--size", "8"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode != 0

@@ -1,4 +1,4 @@
-"""``python -m training.train_net``: the seed's finetune commands on CPU, multi-process training
+"""``python -m barrier_annotator.training.train_net``: the seed's finetune commands on CPU, multi-process training
 with gloo, --eval-only, --resume, exit codes and clear errors."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from training import distributed
-from training.checkpointing import LAST_CHECKPOINT
-from training.data.synthetic import generate_dataset
-from training.distributed import LaunchError, find_free_port, launch, validate_launch
-from training.metrics import read_metrics
-from training.train_net import EXIT_USAGE, main
+from barrier_annotator.training import distributed
+from barrier_annotator.training.checkpointer import LAST_CHECKPOINT
+from barrier_annotator.training.data.synthetic import generate_dataset
+from barrier_annotator.training.distributed import LaunchError, find_free_port, launch, validate_launch
+from barrier_annotator.training.metrics import read_metrics
+from barrier_annotator.training.train_net import EXIT_USAGE, main
 
 from .conftest import SWIN_L_CONFIG, SWIN_T_CONFIG, TINY_CONFIG
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from training.criterion import SetCriterion, loss_weights, prepare_targets, total_loss
-from training.matcher import HungarianMatcher
+from barrier_annotator.training.criterion import SetCriterion, loss_weights, prepare_targets, total_loss
+from barrier_annotator.training.matcher import HungarianMatcher
 
 K = 4  # rail_top, rail_mid, toeboard, vertical_post
 
@@ -183,8 +183,8 @@ def _train_steps(model, criterion, optimizer, scheduler, clip, steps, first_seed
 
 
 def _tiny_training(tiny_cfg):
+    from barrier_annotator.training.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
     from mask2former.config.build import build_model
-    from training.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 
     cfg = tiny_cfg.clone()
     cfg.defrost()

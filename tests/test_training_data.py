@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from mask2former.config import get_cfg
-from training.data.augment import (
+from barrier_annotator.training.data.augment import (
     FixedSizeCrop,
     RandomFlip,
     ResizeScale,
@@ -22,18 +21,19 @@ from training.data.augment import (
     build_train_augmentation,
     shortest_edge_size,
 )
-from training.data.catalog import (
+from barrier_annotator.training.data.catalog import (
     add_dataset_arguments,
     add_dataset_config,
     apply_dataset_arguments,
     catalog_from_config,
     load_datasets,
 )
-from training.data.coco import DatasetFormatError, load_coco_instances
-from training.data.cvat_xml import load_cvat_xml
-from training.data.dataset import InstanceDataset, InstanceMapper, collate
-from training.data.records import BitmaskSource, PolygonSource, RLESource, UnionSource
-from training.data.sampler import InferenceSampler, TrainingSampler
+from barrier_annotator.training.data.coco import DatasetFormatError, load_coco_instances
+from barrier_annotator.training.data.cvat_xml import load_cvat_xml
+from barrier_annotator.training.data.dataset import InstanceDataset, InstanceMapper, collate
+from barrier_annotator.training.data.dataset_records import BitmaskSource, PolygonSource, RLESource, UnionSource
+from barrier_annotator.training.data.sampler import InferenceSampler, TrainingSampler
+from mask2former.config import get_cfg
 
 CLASSES = ("rail_top", "rail_mid", "toeboard", "vertical_post")
 H, W = 60, 80

@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from mask2former.checkpoint import load_checkpoint
+from barrier_annotator.training.budget import TimeBudget
+from barrier_annotator.training.checkpointer import LAST_CHECKPOINT
+from barrier_annotator.training.data.dataset_records import ImageRecord
+from barrier_annotator.training.data.sampler import TrainingSampler
+from barrier_annotator.training.data.synthetic import generate_dataset
+from barrier_annotator.training.engine import Trainer, TrainingDiverged, train
+from barrier_annotator.training.loaders import GroupedBatchSampler
+from barrier_annotator.training.metrics import read_metrics
 from mask2former.config import load_config
 from mask2former.config.build import build_model
-from training.budget import TimeBudget
-from training.checkpointing import LAST_CHECKPOINT
-from training.data.records import ImageRecord
-from training.data.sampler import TrainingSampler
-from training.data.synthetic import generate_dataset
-from training.engine import Trainer, TrainingDiverged, train
-from training.loaders import GroupedBatchSampler
-from training.metrics import read_metrics
+from mask2former.weights import load_checkpoint
 
 from .conftest import TINY_CONFIG
 
@@ -164,7 +164,7 @@ INTERRUPTED_RUN = """
 import os, signal, sys
 import torch
 from mask2former.config import load_config
-from training.engine import Trainer, TrainingInterrupted
+from barrier_annotator.training.engine import Trainer, TrainingInterrupted
 
 torch.set_num_threads(1)
 cfg = load_config(sys.argv[1], sys.argv[2:])

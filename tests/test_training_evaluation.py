@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from barrier_annotator.training.data.dataset_records import BitmaskSource, ImageRecord, InstanceRecord, PolygonSource
+from barrier_annotator.training.evaluation import CocoMaskEvaluator, evaluate_instances, write_metrics
 from mask2former.structures import Instances
-from training.data.records import BitmaskSource, ImageRecord, InstanceRecord, PolygonSource
-from training.evaluation import CocoMaskEvaluator, evaluate_instances, write_metrics
 
 CLASSES = ("rail_top", "rail_mid", "toeboard", "vertical_post")
 H, W = 64, 96

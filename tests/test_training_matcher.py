@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from training.matcher import HungarianMatcher
-from training.point_sampling import point_sample, uncertain_point_coords_with_randomness
+from barrier_annotator.training.matcher import HungarianMatcher
+from barrier_annotator.training.point_sampling import point_sample, uncertain_point_coords_with_randomness
 
 
 def _pixel_centres(height: int, width: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from fvcore.common.param_scheduler import (
 )
 from torch import nn
 
-from training.solver import (
+from barrier_annotator.training.solver import (
     WarmupMultiStepLR,
     WarmupPolyLR,
     build_gradient_clipper,

@@ -1,7 +1,7 @@
 """Native cvat-sdk auto-annotation function for the barrier model (no Nuclio, runs where cvat-cli runs):
 
     cvat-cli --server-host HOST --auth USER task auto-annotate TASK_ID \\
-        --function-module tools.cvat_function \\
+        --function-module barrier_annotator.tools.cvat_function \\
         -p config=str:configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml \\
         -p weights=str:model_final.pth [-p device=str:cuda] [-p shape=str:polygon] \\
         [--conf-threshold 0.5] [--conv-mask-to-poly]
@@ -12,10 +12,10 @@ with ``--conv-mask-to-poly``), a "polygon" one takes "polygon" and "any". ``-p s
 the spec's types so that the task's labels fit (see :func:`parse_shape_types`); nothing can
 put polygons on a task label of type "mask" (the README has the whole table).
 
-Polygons follow the product's one rule (``mask2former.cvat.polygons.instance_polygons``): one
+Polygons follow the product's one rule (``barrier_annotator.cvat.polygons.instance_polygons``): one
 polygon per piece of an instance, slivers dropped, the pieces of one instance sharing a group.
 
-The model work is the same :class:`mask2former.serving.ModelHandler` the Nuclio function uses;
+The model work is the same :class:`barrier_annotator.serving.ModelHandler` the Nuclio function uses;
 this module only adapts it to the SDK's ``spec`` / ``detect(context, image)`` interface.
 """
 
@@ -27,9 +27,10 @@ from collections.abc import Mapping, Sequence
 import cvat_sdk.auto_annotation as cvataa
 import PIL.Image
 
-from mask2former.cvat import sdk_instance_shapes
+from barrier_annotator.cvat import sdk_instance_shapes
+from barrier_annotator.serving import ModelHandler
+from mask2former.command_line import environment_opts
 from mask2former.io import to_rgb_array
-from mask2former.serving import ModelHandler
 
 SHAPE_TYPES = ("mask", "polygon")
 
@@ -99,10 +100,12 @@ class BarrierFunction:
         return shapes
 
 
-def create(config: str, weights: str = "", device: str = "cpu", backend: str = "",
+def create(config: str, weights: str = "", device: str = "auto", backend: str = "",
            shape: str = "mask") -> BarrierFunction:
     """cvat-cli's ``-p`` parameters: ``config`` and ``weights`` (file, URL or model-zoo name; empty:
-    the config's MODEL.WEIGHTS), ``device`` (cpu, cuda, auto), ``backend`` (auto, torch, openvino),
-    ``shape`` (the spec's label types, see :func:`parse_shape_types`)."""
-    handler = ModelHandler.from_files(config, weights or None, device=device, backend=backend or None)
+    the config's MODEL.WEIGHTS), ``device`` (cpu, cuda, auto), ``backend`` (auto, torch, openvino;
+    empty: ``$BARRIER_BACKEND``, else the config's), ``shape`` (the spec's label types, see
+    :func:`parse_shape_types`)."""
+    handler = ModelHandler.from_files(config, weights or None, device=device, backend=backend or None,
+                                      opts=environment_opts())
     return BarrierFunction(handler, parse_shape_types(shape, handler.class_names))

@@ -26,17 +26,17 @@ from pathlib import Path
 import cv2
 from fvcore.common.config import CfgNode
 
-from mask2former.config import load_config
-from mask2former.cvat.xml_document import CvatDocument, LabelSpec
-from mask2former.labelling import LabelOptions, label_folder, model_identity
-from mask2former.labelling.summary import LabelSummary
+from barrier_annotator.checkout import checkout_path
+from barrier_annotator.cvat.xml_document import CvatDocument, LabelSpec
+from barrier_annotator.labelling import LabelOptions, label_folder, model_identity
+from barrier_annotator.labelling.summary import LabelSummary
+from barrier_annotator.training.data.synthetic import CLASS_NAMES, dataset_overrides, generate_dataset
+from barrier_annotator.training.engine import train
+from mask2former.command_line import model_config, setup_logging
 from mask2former.predictor import Predictor
-from training.data.synthetic import CLASS_NAMES, dataset_overrides, generate_dataset
-from training.engine import train
 
 logger = logging.getLogger("barrier-demo")
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "configs/safetybarrier/instance-segmentation/swin/tiny_cpu.yaml"
+TINY_CONFIG = "configs/safetybarrier/instance-segmentation/swin/tiny_cpu.yaml"
 # The held-out site is rendered from another seed than the training set: new scenes, same world.
 HELD_OUT_SEED_OFFSET = 1000
 
@@ -111,7 +111,7 @@ def training_config(paths: DemoPaths, seed: int) -> CfgNode:
             *dataset_overrides(paths.data, "demo"),
             # One evaluation at the end; the budget decides the schedule.
             "TEST.EVAL_PERIOD", "0"]
-    return load_config(TINY_CONFIG, opts)
+    return model_config(checkout_path(TINY_CONFIG), opts)
 
 
 def label_held_out(cfg: CfgNode, paths: DemoPaths, args: argparse.Namespace) -> LabelSummary:
@@ -156,7 +156,7 @@ def report(paths: DemoPaths, metrics: dict[str, float], summary: LabelSummary, s
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if min(args.train_images, args.val_images, args.label_images) < 1 or args.train_minutes <= 0:
         logger.error("image counts must be at least 1 and --train-minutes positive")
         return 2

@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import sys
 from pathlib import Path
 
-from mask2former.config import ConfigError, load_config
-from mask2former.labelling import FatalInputError, LabelOptions, label_folder, model_identity
-from mask2former.predictor import Predictor
+from barrier_annotator.labelling import FatalInputError, LabelOptions, label_folder, model_identity
+from mask2former.command_line import MODEL_ERRORS, add_model_arguments, predictor_from_args, setup_logging
 
 logger = logging.getLogger("barrier-label")
-DEFAULT_CONFIG = "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,15 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CVAT export: images/ and annotations.xml (CVAT for images 1.1)")
     parser.add_argument("--output_dir", "--output-dir", required=True, type=Path,
                         help="annotations.xml, visuals/ and predictions/ go here (keep it for re-runs)")
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="detectron2-style YAML config")
-    parser.add_argument("--weights", help="checkpoint (.pkl/.pth), URL or model-zoo name; default MODEL.WEIGHTS")
-    parser.add_argument("--confidence-threshold", type=float, default=None,
-                        help="minimum instance score (default: the config's DEPLOY.SCORE_THRESHOLD)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call")
     parser.add_argument("--workers", type=int, default=2, help="threads reading and decoding images ahead (0: none)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--backend", default=None, help="torch, openvino or auto (default: config DEPLOY.BACKEND)")
-    parser.add_argument("--precision", default=None, help="fp32, bf16, fp16 or auto")
     parser.add_argument("--polygons", action="store_true",
                         help="<polygon> instead of <mask> for task labels of type 'any' (a label declared "
                              "'mask' or 'polygon' always gets its own type, as CVAT expects)")
@@ -74,21 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between intermediate saves of annotations.xml (it is always saved at the end)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar (it is shown on terminals only anyway)")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    add_model_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         logger.error("--batch-size must be at least 1")
         return 2
     try:
-        cfg = load_config(args.config_file, args.opts)
-        predictor = Predictor(cfg, weights=args.weights, device=args.device, backend=args.backend,
-                              precision=args.precision, score_threshold=args.confidence_threshold)
-    except (ConfigError, FileNotFoundError, ValueError, pickle.UnpicklingError, RuntimeError) as error:
+        predictor = predictor_from_args(args)
+    except MODEL_ERRORS as error:
         logger.error("%s", error)
         return 2
     logger.info("model: %s on %s (%s), threshold %.2f", args.config_file, predictor.device,
@@ -97,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         input_dir=args.input_dir, output_dir=args.output_dir, batch_size=args.batch_size, workers=args.workers,
         polygons=args.polygons, overwrite=args.overwrite, relabel_reviewed=args.relabel_reviewed,
         records_from=args.records_from, save_interval=args.save_interval,
-        progress=args.progress, model=model_identity(cfg, args.weights),
+        progress=args.progress, model=model_identity(predictor.cfg, args.weights),
     )
     try:
         summary = label_folder(predictor, options)

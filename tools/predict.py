@@ -16,28 +16,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mask2former.config import ConfigError, load_config
-from mask2former.io import ImageDecodeError
-from mask2former.predictor import Predictor
-from mask2former.visualize import draw_instances, save_rgb
+from barrier_annotator.visualize import draw_instances, save_rgb
+from mask2former.command_line import MODEL_ERRORS, add_model_arguments, predictor_from_args, setup_logging
+from mask2former.io import ImageDecodeError, read_image
 
 logger = logging.getLogger("barrier-predict")
-DEFAULT_CONFIG = "configs/safetybarrier/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="detectron2-style YAML config")
-    parser.add_argument("--weights", help="checkpoint (.pkl/.pth), URL or model-zoo name; default MODEL.WEIGHTS")
     parser.add_argument("--input", nargs="+", required=True, help="image files")
     parser.add_argument("--output", required=True,
                         help="output folder: <name>_overlay.png per input, sub-folders mirrored below the "
                              "inputs' common folder")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--backend", default=None, help="torch, openvino or auto (default: config DEPLOY.BACKEND)")
-    parser.add_argument("--precision", default=None, help="fp32, bf16, fp16 or auto")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    add_model_arguments(parser)
     return parser
 
 
@@ -62,13 +54,11 @@ def overlay_paths(inputs: Sequence[str], output: Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config_file, args.opts)
-        predictor = Predictor(cfg, weights=args.weights, device=args.device, backend=args.backend,
-                              precision=args.precision, score_threshold=args.confidence_threshold)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+        predictor = predictor_from_args(args)
+    except MODEL_ERRORS as error:
         logger.error("%s", error)
         return 2
     output = Path(args.output)
@@ -86,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         done.add(target)
         try:
-            image = predictor.load(name)
+            image = read_image(name)
         except ImageDecodeError as error:
             logger.error("skipping %s", error)
             failures += 1

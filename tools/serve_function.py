@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
@@ -31,9 +32,11 @@ try:
 except ImportError as error:  # pragma: no cover - depends on the install
     raise SystemExit("barrier-serve needs nuclio-sdk: pip install -e '.[serve]'") from error
 
+from barrier_annotator.checkout import checkout_path
+from mask2former.command_line import LOG_FORMAT, OPTS_VARIABLE, add_model_arguments
+
 logger = logging.getLogger("barrier-serve")
 
-DEFAULT_FUNCTION_DIR = Path(__file__).resolve().parents[1] / "functions" / "mask2former-barrier"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # the function.yaml's maxRequestBodySize
 TRIGGER = nuclio_sdk.TriggerInfo("http", "myHttpTrigger")
 
@@ -52,9 +55,14 @@ def _environment(overrides: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def load_function_module(function_dir: str | Path = DEFAULT_FUNCTION_DIR) -> ModuleType:
+def default_function_dir() -> Path:
+    """``functions/mask2former-barrier`` of the source checkout."""
+    return checkout_path("functions/mask2former-barrier")
+
+
+def load_function_module(function_dir: str | Path | None = None) -> ModuleType:
     """Import ``main.py`` by path, with its folder importable as Nuclio makes it (for ``model_handler``)."""
-    function_dir = Path(function_dir).resolve()
+    function_dir = Path(function_dir or default_function_dir()).resolve()
     main_file = function_dir / "main.py"
     if not main_file.is_file():
         raise FileNotFoundError(f"no main.py in {function_dir}")
@@ -88,7 +96,7 @@ def make_event(body: bytes, content_type: str, headers: Mapping[str, str], path:
 class LocalFunction:
     """One initialised function worker: ``main.init_context`` done, ``main.handler`` ready."""
 
-    def __init__(self, function_dir: str | Path = DEFAULT_FUNCTION_DIR, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, function_dir: str | Path | None = None, env: Mapping[str, str] | None = None) -> None:
         self.module = load_function_module(function_dir)
         self.context = make_context()
         with _environment(env or {}):
@@ -160,30 +168,38 @@ def make_server(function: LocalFunction, host: str = "127.0.0.1", port: int = 80
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
-    parser.add_argument("--weights", default="", help="weights file, URL or model-zoo name (default: MODEL.WEIGHTS)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--interactor", action="store_true", help="serve the interactor instead of the detector")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--backend", default=None, help="auto, torch or openvino (default: $BARRIER_BACKEND / config)")
-    parser.add_argument("--function-dir", default=str(DEFAULT_FUNCTION_DIR), help="folder with main.py")
+    parser.add_argument("--function-dir", type=Path, default=None,
+                        help="folder with main.py (default: functions/mask2former-barrier of the source checkout)")
+    add_model_arguments(parser, config_required=True, threshold=False)
     return parser
+
+
+def function_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The options as the function's environment: what function.yaml would set in Nuclio."""
+    env = {"BARRIER_CONFIG": args.config_file, "BARRIER_WEIGHTS": args.weights or "", "BARRIER_DEVICE": args.device,
+           "BARRIER_FUNCTION_KIND": "interactor" if args.interactor else "detector"}
+    if args.backend:
+        env["BARRIER_BACKEND"] = args.backend
+    if args.precision:
+        env["BARRIER_PRECISION"] = args.precision
+    if args.opts:
+        env[OPTS_VARIABLE] = shlex.join(args.opts)
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logger.addHandler(handler)  # the function's context logger ("barrier-serve.function") logs through it
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    env = {"BARRIER_CONFIG": args.config_file, "BARRIER_WEIGHTS": args.weights, "BARRIER_DEVICE": args.device,
-           "BARRIER_FUNCTION_KIND": "interactor" if args.interactor else "detector"}
-    if args.backend:
-        env["BARRIER_BACKEND"] = args.backend
+    env = function_environment(args)
     try:
-        function = LocalFunction(args.function_dir, env)
+        function = LocalFunction(args.function_dir or default_function_dir(), env)
         server = make_server(function, args.host, args.port)
     except (OSError, ValueError) as error:
         logger.error("%s", error)

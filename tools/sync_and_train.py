@@ -28,17 +28,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.sync.cvat_client import Selection
-from training.sync.deploy import default_deploy_script
-from training.sync.export import ExportSettings
-from training.sync.gate import FIRST_DEPLOYMENT_MIN_AP, GateCriteria
-from training.sync.loop import mark_deployed, run_sync
-from training.sync.options import ExitCode, SyncOptions
-from training.sync.redact import forget_secrets, redact, scrubbed_logging
-from training.sync.retry import RetryPolicy
+from barrier_annotator.sync.cvat_client import Selection
+from barrier_annotator.sync.export import ExportSettings
+from barrier_annotator.sync.gate import FIRST_DEPLOYMENT_MIN_AP, GateCriteria
+from barrier_annotator.sync.loop import mark_deployed, run_sync
+from barrier_annotator.sync.options import ExitCode, SyncOptions
+from barrier_annotator.sync.redact import forget_secrets, redact, scrubbed_logging
+from barrier_annotator.sync.retry import RetryPolicy
+from mask2former.command_line import LOG_FORMAT
 
 logger = logging.getLogger("barrier-sync-train")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _class_floor(text: str) -> tuple[str, float]:
@@ -99,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--baseline-weights", default=None,
                       help="before the first deployment, compare with these weights instead of nothing")
     deploy = parser.add_argument_group("deployment")
-    deploy.add_argument("--deploy-script", type=Path, default=default_deploy_script(),
-                        help="deploy.sh of this repository (default %(default)s)")
+    deploy.add_argument("--deploy-script", type=Path, default=None,
+                        help="deploy.sh to run (default: the one of the checkout this product was installed from)")
     deploy.add_argument("--gpu", action="store_true", help="deploy the GPU function (deploy.sh --gpu)")
     deploy.add_argument("--no-deploy", action="store_true", help="package the model and print the command only")
     deploy.add_argument("--deploy-timeout", type=float, default=None, metavar="S", help="limit for deploy.sh")
@@ -135,7 +134,8 @@ def options_from_args(args: argparse.Namespace) -> SyncOptions:
         num_gpus=args.num_gpus, opts=tuple(args.opts),
         criteria=GateCriteria(metric=args.metric, margin=args.margin, min_metric=args.min_ap,
                               class_floors=dict(args.class_floor), max_class_drop=args.max_class_drop),
-        baseline_weights=args.baseline_weights, deploy_script=args.deploy_script.absolute(), gpu=args.gpu,
+        baseline_weights=args.baseline_weights, deploy_script=args.deploy_script and args.deploy_script.absolute(),
+        gpu=args.gpu,
         no_deploy=args.no_deploy, deploy_timeout=args.deploy_timeout, dry_run=args.dry_run,
         pull_only=args.pull_only, resume=args.resume,
         retry=RetryPolicy(attempts=args.retries, backoff=args.retry_backoff),

@@ -3,7 +3,7 @@ periodic checkpoints and evaluation, exact resume.
 
 In-process API (what ``train_net`` and the sync-and-train tool call)::
 
-    from training.engine import evaluate, train
+    from barrier_annotator.training.engine import evaluate, train
     metrics = train(cfg, resume=False)      # {"segm/AP": ..., "segm/AP50": ..., "segm/AP-rail_top": ...}
     metrics = evaluate(cfg, "output/model_final.pth")
 
@@ -31,10 +31,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mask2former.config.build import build_model
-from mask2former.data_catalog import class_names_for
+from mask2former.config.class_names import class_names_for
 
 from .budget import TimeBudget
-from .checkpointing import FINAL_NAME, Checkpointer, periodic_name, resume_or_load
+from .checkpointer import FINAL_NAME, Checkpointer, periodic_name, resume_or_load
 from .criterion import SetCriterion, prepare_targets, total_loss
 from .distributed import (
     all_reduce_mean,
@@ -44,7 +44,7 @@ from .distributed import (
     is_main_process,
     synchronize,
 )
-from .environment import choose_seed, dump_config, prepare_run, resolve_device, run_logging, step_seed
+from .environment import choose_seed, dump_config, prepare_run, run_logging, step_seed, training_device
 from .evaluation import write_metrics
 from .inference import evaluate, evaluate_datasets
 from .loaders import build_train_loader, load_test_records, load_train_records
@@ -97,7 +97,7 @@ class Trainer:
         cfg = cfg.clone()
         cfg.freeze()
         self.cfg = cfg
-        self.device = resolve_device(cfg)
+        self.device = training_device(cfg)
         self.output_dir = Path(cfg.OUTPUT_DIR)
         self.metrics_path = self.output_dir / METRICS_FILE
         self.progress, self.callbacks = progress, list(callbacks)

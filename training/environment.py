@@ -19,17 +19,17 @@ import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 
+from mask2former.command_line import LOG_FORMAT
 from mask2former.utils import atomic_open
 
 from .distributed import broadcast_object, get_local_rank, get_rank, get_world_size
 
 logger = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONFIG_DUMP = "config.yaml"
 
 
-def resolve_device(cfg: CfgNode) -> torch.device:
+def training_device(cfg: CfgNode) -> torch.device:
     """MODEL.DEVICE, with this process's GPU under multi-GPU training; a clear error without CUDA."""
     name = str(cfg.MODEL.DEVICE)
     if name.startswith("cuda"):

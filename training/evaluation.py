@@ -27,7 +27,7 @@ from pycocotools.cocoeval import COCOeval
 from mask2former.structures import Instances
 from mask2former.utils import atomic_open, dumps_json
 
-from .data.records import ImageRecord
+from .data.dataset_records import ImageRecord
 
 logger = logging.getLogger(__name__)
 

@@ -19,16 +19,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mask2former.config.build import build_model
-from mask2former.data_catalog import class_names_for
+from mask2former.config.class_names import class_names_for
 from mask2former.modeling.meta_arch import MaskFormer
 from mask2former.predictor import Predictor
 
-from .checkpointing import Checkpointer
+from .checkpointer import Checkpointer
 from .data.dataset import ImageDataset
-from .data.records import ImageRecord
+from .data.dataset_records import ImageRecord
 from .data.sampler import InferenceSampler
 from .distributed import get_world_size, is_main_process
-from .environment import prepare_run, resolve_device, run_logging
+from .environment import prepare_run, run_logging, training_device
 from .evaluation import CocoMaskEvaluator, format_results, write_metrics
 from .loaders import load_test_records, worker_start_method
 from .metrics import METRICS_FILE
@@ -99,7 +99,7 @@ def evaluate(cfg: CfgNode, weights: str | None = None, *, resume: bool = False,
         prepare_run(cfg)
         cfg = cfg.clone()
         cfg.freeze()
-        device = resolve_device(cfg)
+        device = training_device(cfg)
         class_names = class_names_for(cfg)
         if not cfg.DATASETS.TEST:
             raise ValueError("DATASETS.TEST is empty: nothing to evaluate on")

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .data.catalog import catalog_from_config, load_datasets
 from .data.dataset import InstanceDataset, InstanceMapper, collate
-from .data.records import ImageRecord, count_instances
+from .data.dataset_records import ImageRecord, count_instances
 from .data.sampler import TrainingSampler
 from .distributed import get_rank, get_world_size
 

@@ -3,7 +3,7 @@
 ``metrics.json`` is detectron2's JSON-lines file: training lines (``iteration``, ``total_loss``,
 ``loss_*``, ``lr``, ``time``, ``data_time``, ``eta_seconds``) every few iterations and evaluation
 lines (``iteration``, ``segm/AP``, ...) at each evaluation. Every write goes through
-:func:`training.evaluation.write_metrics` (read, append, atomic replace), so no writer ever holds
+:func:`barrier_annotator.training.evaluation.write_metrics` (read, append, atomic replace), so no writer ever holds
 a stale handle on it.
 """
 

@@ -2,7 +2,7 @@
 
 Random weights give near-uniform class scores and noise masks; comparisons between backends and
 precisions, and timings that depend on how many masks come out, mean more on a model that has
-learned something, however little. Not a training loop: see :mod:`training.engine` for that.
+learned something, however little. Not a training loop: see :mod:`barrier_annotator.training.engine` for that.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from fvcore.common.config import CfgNode
 
 from mask2former.config.build import build_model
 from mask2former.modeling.meta_arch import MaskFormer
-from training.criterion import SetCriterion, prepare_targets, total_loss
-from training.data.synthetic_scene import SyntheticScene, render_scene
+
+from .criterion import SetCriterion, prepare_targets, total_loss
+from .data.synthetic_scene import SyntheticScene, render_scene
 
 SCENE_SIZE = (128, 160)
 

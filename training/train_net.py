@@ -1,10 +1,11 @@
 """Train or evaluate Mask2Former with detectron2's ``train_net.py`` command line.
 
-    python -m training.train_net --config-file CONFIG.yaml [--num-gpus N] [--resume] [--eval-only]
+    barrier-train --config-file CONFIG.yaml [--num-gpus N] [--resume] [--eval-only]
         [--num-machines M --machine-rank R --dist-url tcp://HOST:PORT] [KEY VALUE ...]
 
 ``--num-gpus N`` starts N workers on this machine (torch.multiprocessing + torch.distributed);
-``torchrun --nproc-per-node N -m training.train_net ...`` works as well (its environment wins).
+``torchrun --nproc-per-node N -m barrier_annotator.training.train_net ...`` works as well (its
+environment wins); ``barrier-train`` is ``python -m barrier_annotator.training.train_net``.
 Trailing ``KEY VALUE`` pairs override the config, e.g. ``MODEL.WEIGHTS model_final_e5f453.pkl
 OUTPUT_DIR output_large``. Exit codes: 0 done, 2 bad config/dataset/weights, 3 loss diverged,
 130 interrupted (a checkpoint was saved: continue with ``--resume``).
@@ -20,19 +21,18 @@ from collections.abc import Sequence
 
 from fvcore.common.config import CfgNode
 
-from mask2former.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
+from mask2former.command_line import LOG_FORMAT
 from mask2former.config import ConfigError, load_config
-from mask2former.weights import WeightsNotFoundError
+from mask2former.weights import CheckpointMismatchError, UnsafeCheckpointError, WeightsNotFoundError
 
 from .data.catalog import add_dataset_arguments, apply_dataset_arguments
 from .data.coco import DatasetFormatError
 from .distributed import LaunchError, WorkerFailed, get_rank, launch
 from .engine import TrainingDiverged, TrainingInterrupted, evaluate, train
-from .environment import LOG_FORMAT
 from .evaluation import format_results
 from .loaders import DatasetNotFoundError
 
-logger = logging.getLogger("training.train_net")
+logger = logging.getLogger("barrier-train")
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 # Failures a user fixes on the command line / in files: one clear line, no traceback.
@@ -42,13 +42,13 @@ USER_ERRORS = (ConfigError, DatasetNotFoundError, DatasetFormatError, Checkpoint
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.train_net", description=__doc__.split("\n\n")[0],
+        prog="barrier-train", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m training.train_net --config-file configs/safetybarrier/instance-segmentation/swin/"
+               "  barrier-train --config-file configs/safetybarrier/instance-segmentation/swin/"
                "maskformer2_swin_large_IN21k_384_bs16_100ep.yaml --num-gpus 2 MODEL.WEIGHTS model_final_e5f453.pkl "
                "OUTPUT_DIR output_large\n"
-               "  python -m training.train_net --config-file output_large/config.yaml --eval-only "
+               "  barrier-train --config-file output_large/config.yaml --eval-only "
                "MODEL.WEIGHTS output_large/model_final.pth")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
     parser.add_argument("--resume", action="store_true",

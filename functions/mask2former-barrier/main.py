@@ -1,12 +1,12 @@
 """Nuclio entry points (``main:handler``) of the mask2former-barrier CVAT functions.
 
-Thin on purpose: the handler logic is ``mask2former.serving`` (shared with the local server and
+Thin on purpose: the handler logic is ``barrier_annotator.serving`` (shared with the local server and
 the native cvat-sdk function); ``model_handler.py`` turns this function's environment into it.
 """
 
 import model_handler
 
-from mask2former.serving.nuclio import init_worker, respond
+from barrier_annotator.serving.nuclio import init_worker, respond
 
 
 def init_context(context):

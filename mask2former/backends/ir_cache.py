@@ -8,63 +8,36 @@ corrupt or stale entry is detected, removed and rebuilt instead of used.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from fvcore.common.config import CfgNode
 
-from ..utils import dumps_json
-from .openvino_backend import import_openvino, shared_core
+from ..utils import default_cache_dir as product_cache_dir
+from ..utils import dumps_json, file_sha256
+from .openvino_backend import shared_core
+from .openvino_runtime import import_openvino
 
 logger = logging.getLogger(__name__)
 
 EXPORT_POLICY = "dynamic-bhw-v1"  # bump when the export changes in a way the key cannot see
 _MANIFEST = "manifest.json"
 _XML, _BIN = "model.xml", "model.bin"
-_DIGESTS = "digests.json"
+DIGESTS = "digests.json"
+"""Memo of weights and cache-file digests, kept in the cache folder (see ``utils.file_sha256``)."""
 
 
 def default_cache_dir() -> Path:
-    from ..weights import default_cache_dir as base
-
-    return Path(os.environ.get("BARRIER_OV_CACHE") or base() / "openvino")
-
-
-def file_digest(path: str | Path, memo: Path | None = None) -> str:
-    """SHA-256 of a file's bytes, memoised in ``memo`` (default: beside the cache) by the file's
-    (path, inode, size, mtime, ctime): a rewritten file is hashed again, an unchanged one is not."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    memo = memo or default_cache_dir() / _DIGESTS
-    token = f"{path}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
-    known = _read_json(memo) or {}
-    if token in known:
-        return known[token]
-    known = {name: digest for name, digest in known.items() if not name.startswith(f"{path}:")}
-    known[token] = _sha256(path)
-    with contextlib.suppress(OSError):
-        from ..utils import atomic_write_json
-
-        atomic_write_json(memo, known)
-    return known[token]
-
-
-def state_dict_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """Digest of in-memory weights (models that did not come from a file)."""
-    digest = hashlib.sha256()
-    for name, tensor in tensors:
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    """``<product cache>/openvino``; deployments choose another with ``DEPLOY.CACHE_DIR`` (the entry
+    points map ``$BARRIER_OV_CACHE`` onto it)."""
+    return product_cache_dir() / "openvino"
 
 
 def cache_key(weights_digest: str, cfg: CfgNode, *, sampling: str = "graph") -> str:
@@ -87,15 +60,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Streamed: a Swin-L model.bin is ~800 MB, not to be read into memory at every start."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ConvertedModelCache:
@@ -135,7 +99,7 @@ class ConvertedModelCache:
             if not path.is_file():
                 return f"{name} missing"
             # hashed once per version of the file: a later start only compares its stat
-            if manifest.get("sha256", {}).get(name) != file_digest(path, memo=self.root / _DIGESTS):
+            if manifest.get("sha256", {}).get(name) != file_sha256(path, memo=self.root / DIGESTS):
                 return f"{name} checksum mismatch"
         return None
 
@@ -150,7 +114,7 @@ class ConvertedModelCache:
                 "key": key,
                 "openvino": ov.get_version(),
                 "policy": EXPORT_POLICY,
-                "sha256": {name: _sha256(staging / name) for name in (_XML, _BIN)},
+                "sha256": {name: file_sha256(staging / name) for name in (_XML, _BIN)},
                 **(details or {}),
             }
             (staging / _MANIFEST).write_text(dumps_json(manifest, indent=2))

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -20,26 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..hardware import available_cpus
+from .openvino_runtime import import_openvino
+from .precision import check_precision
+
 logger = logging.getLogger(__name__)
 
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
-
-
-def import_openvino() -> Any:
-    """Import OpenVINO with its usage telemetry unreachable.
-
-    OpenVINO's model converter sends usage events to Google Analytics unless the user opted
-    out; the product makes no network calls of its own. The converter falls back to a built-in
-    no-op stub when ``openvino_telemetry`` cannot be imported, so we make that import fail.
-    """
-    if "openvino.tools.ovc" not in sys.modules:
-        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
-    try:
-        import openvino
-    except ImportError as error:  # pragma: no cover - depends on the install
-        raise RuntimeError("the OpenVINO backend needs the 'openvino' extra: pip install -e '.[openvino]'") from error
-    return openvino
 
 
 @functools.cache
@@ -55,26 +41,9 @@ def shared_core() -> Any:
     return core
 
 
-def openvino_available() -> bool:
-    try:
-        import_openvino()
-    except RuntimeError:
-        return False
-    return True
-
-
-def cpu_threads() -> int:
-    """Cores this process may use (cgroup/affinity aware), not the machine's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def resolve_openvino_precision(precision: str, core: Any, device: str = "CPU") -> str:
     """``auto`` = bf16 where the CPU plugin reports bf16 support (AMX / AVX512-BF16), fp32 elsewhere."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    check_precision(precision)
     capabilities = set(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
     if precision == "auto":
         return "bf16" if "BF16" in capabilities else "fp32"
@@ -127,7 +96,7 @@ class OpenVinoRunner:
         self.core = shared_core()
         self.compiled_cache_dir = str(compiled_cache_dir) if compiled_cache_dir else None
         self.precision = resolve_openvino_precision(precision, self.core)
-        self.threads = threads or cpu_threads()
+        self.threads = threads or available_cpus()
         self.converted = converted
         from .openvino_fused_op import OP_TYPE
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..modeling.pixel_decoder.fused_sampling import run_kernel
 from ..modeling.pixel_decoder.ms_deform_attn import FusedSamplingBoundary
-from .openvino_backend import import_openvino
+from .openvino_runtime import import_openvino
 
 ov = import_openvino()
 

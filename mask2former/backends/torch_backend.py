@@ -9,6 +9,7 @@ import torch
 
 from ..modeling.meta_arch import ExportableMaskFormer, MaskFormer
 from ..modeling.pixel_decoder.ms_deform_attn import sampling_mode
+from .precision import check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -17,9 +18,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_torch_precision(precision: str, device: torch.device) -> str:
     """``auto`` = fp32 on CPU (exact) and fp16 on CUDA; bf16 needs a CPU or GPU that has it."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if precision == "auto":
+    if check_precision(precision) == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 with the torch backend needs CUDA; use bf16 or fp32 on CPU")

@@ -27,7 +27,7 @@ from typing import Any
 
 from .coco import DatasetFormatError, load_coco_instances
 from .cvat_xml import load_cvat_xml
-from .records import ImageRecord, LoadReport
+from .dataset_records import DatasetReport, ImageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def catalog_from_config(cfg: Any) -> DatasetCatalog:
     return catalog
 
 
-def load_dataset(spec: DatasetSpec, class_names: Sequence[str]) -> tuple[list[ImageRecord], LoadReport]:
+def load_dataset(spec: DatasetSpec, class_names: Sequence[str]) -> tuple[list[ImageRecord], DatasetReport]:
     """Load one dataset with the loader of its format."""
     if not spec.images.is_dir():
         raise DatasetFormatError(f"dataset {spec.name!r}: image folder not found: {spec.images}")

@@ -4,7 +4,7 @@ Differences from detectron2's ``load_coco_json`` + ``DatasetMapper``, on purpose
 - ``iscrowd: 1`` annotations are instances: CVAT's COCO export writes every *mask* shape as a
   whole-image RLE with ``iscrowd: 1``, and dropping them silently loses those labels.
 - categories are matched to the model's classes by name, not by id order.
-- everything skipped is counted with its reason in a :class:`LoadReport`.
+- everything skipped is counted with its reason in a :class:`DatasetReport`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_util
 
-from .records import (
+from .dataset_records import (
+    DatasetReport,
     ImageRecord,
     InstanceRecord,
-    LoadReport,
     MaskSource,
     PolygonSource,
     RLESource,
@@ -38,7 +38,7 @@ class DatasetFormatError(ValueError):
 
 def load_coco_instances(json_path: str | os.PathLike[str], image_root: str | os.PathLike[str],
                         class_names: Sequence[str], dataset_name: str = "",
-                        check_files: bool = True) -> tuple[list[ImageRecord], LoadReport]:
+                        check_files: bool = True) -> tuple[list[ImageRecord], DatasetReport]:
     """Read a COCO instances json; images are ``image_root / file_name``.
 
     Returns records in the json's image order (images without kept instances included: the
@@ -47,7 +47,7 @@ def load_coco_instances(json_path: str | os.PathLike[str], image_root: str | os.
     json_path, image_root = Path(json_path), Path(image_root)
     source = dataset_name or str(json_path)
     data = _read_json(json_path)
-    report = LoadReport(source=source, class_names=tuple(class_names))
+    report = DatasetReport(source=source, class_names=tuple(class_names))
     categories = {c["id"]: str(c["name"]) for c in data.get("categories", [])}
     mapping = match_class_names(categories, class_names, source)
 
@@ -108,7 +108,7 @@ def _int_id(image_id: Any, path: Path) -> int:
 
 
 def _instance(ann: dict, mapping: dict, categories: dict, height: int, width: int,
-              report: LoadReport) -> InstanceRecord | None:
+              report: DatasetReport) -> InstanceRecord | None:
     label = f"ann {ann.get('id')}"
     category = ann.get("category_id")
     if category not in mapping:
@@ -132,7 +132,7 @@ def _instance(ann: dict, mapping: dict, categories: dict, height: int, width: in
     return InstanceRecord(mapping[category], mask, ann.get("id"), bool(ann.get("iscrowd", 0)))
 
 
-def _mask_source(segmentation: Any, height: int, width: int, report: LoadReport,
+def _mask_source(segmentation: Any, height: int, width: int, report: DatasetReport,
                  label: str) -> MaskSource | None:
     if isinstance(segmentation, dict):
         size = [int(v) for v in segmentation["size"]]

@@ -1,6 +1,6 @@
 """CVAT for images 1.1 XML -> image records, through the project's CVAT format module.
 
-``<mask>`` shapes become bitmask sources (their crop and box, decoded by ``mask2former.cvat``),
+``<mask>`` shapes become bitmask sources (their crop and box, decoded by ``barrier_annotator.cvat``),
 ``<polygon>`` shapes polygon sources. Polygons are rasterised like COCO polygons (pycocotools)
 so that the same CVAT task trains identically from its XML and from its COCO export. Other
 shape kinds (box, polyline, points, ellipse, skeleton, tag, ...) cannot train an instance-mask
@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from mask2former.cvat import CvatDocument, CvatXmlError, MaskShape, PolygonShape
+from barrier_annotator.cvat import CvatDocument, CvatXmlError, MaskShape, PolygonShape
 
 from .coco import DatasetFormatError
-from .records import (
+from .dataset_records import (
     BitmaskSource,
+    DatasetReport,
     ImageRecord,
     InstanceRecord,
-    LoadReport,
     MaskSource,
     PolygonSource,
     UnionSource,
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 def load_cvat_xml(xml_path: str | os.PathLike[str], image_root: str | os.PathLike[str],
                   class_names: Sequence[str], dataset_name: str = "",
-                  check_files: bool = True) -> tuple[list[ImageRecord], LoadReport]:
+                  check_files: bool = True) -> tuple[list[ImageRecord], DatasetReport]:
     """Read a CVAT for images 1.1 export; images are ``image_root / <image name>``."""
     xml_path, image_root = Path(xml_path), Path(image_root)
     source = dataset_name or str(xml_path)
@@ -61,7 +61,7 @@ def load_cvat_xml(xml_path: str | os.PathLike[str], image_root: str | os.PathLik
     shape_labels = {shape.label for image in document.images for shape in image.shapes()}
     label_names = document.label_names() | shape_labels
     mapping = match_class_names({name: name for name in sorted(label_names)}, class_names, source)
-    report = LoadReport(source=source, class_names=tuple(class_names))
+    report = DatasetReport(source=source, class_names=tuple(class_names))
     report.images_total = len(document.images)
     records = []
     for image in document.images:

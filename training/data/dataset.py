@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from mask2former.io import read_image
 
 from .augment import Augmentation, ComposedTransform, apply_augmentations, build_train_augmentation
-from .records import ImageRecord, InstanceRecord, PolygonSource, polygons_to_mask
+from .dataset_records import ImageRecord, InstanceRecord, PolygonSource, polygons_to_mask
 
 logger = logging.getLogger(__name__)
 

@@ -5,18 +5,16 @@ is fed from :func:`generate_dataset`. Every image is rendered from its own gener
 ``[seed, split id, index]``: the same triple gives byte-identical images and identical annotations
 however many images are generated, in which order, or by how many worker processes.
 
-CLI: ``python -m training.data.synthetic --out DIR [--train N] [--val N] [--size PX] [--seed S]
+CLI: ``python -m barrier_annotator.training.data.synthetic --out DIR [--train N] [--val N] [--size PX] [--seed S]
 [--coco-mask-style rle|polygon|cvat] [--cvat-xml]``
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +26,9 @@ import numpy as np
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from training.data.synthetic_scene import CLASS_NAMES, SceneInstance, SyntheticScene, render_scene
+from mask2former.utils import atomic_write_json
+
+from .synthetic_scene import CLASS_NAMES, SceneInstance, SyntheticScene, render_scene
 
 __all__ = [
     "CLASS_NAMES",
@@ -92,7 +92,7 @@ def _mask_bbox(mask: np.ndarray) -> list[float]:
 
 def _polygons(mask: np.ndarray) -> list[list[float]]:
     """Exact outer outlines along pixel edges (the product's one polygon convention), so thin parts keep their width."""
-    from mask2former.cvat import mask_to_polygons, tight_crop  # lazily, as the CVAT XML writer below
+    from barrier_annotator.cvat import mask_to_polygons, tight_crop  # lazily, as the CVAT XML writer below
 
     found = tight_crop(mask)
     return [] if found is None else mask_to_polygons(*found, epsilon=0.0)
@@ -169,24 +169,9 @@ def _run_jobs(jobs: Sequence[_Job], workers: int) -> Iterator[tuple]:
         yield from pool.imap(_render_job, jobs, chunksize=4)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write via a temp file in the same folder + ``os.replace``: readers never see half a file.
-
-    The temp file is opened normally (not ``mkstemp``) so the result gets umask permissions, not 0600.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            json.dump(data, handle, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_cvat_xml(path: Path, images: list[dict], masks: dict[int, list[MaskCrop]]) -> None:
     """CVAT for images 1.1 with one mask shape per instance, through the project's CVAT module."""
-    from mask2former.cvat import CvatDocument  # lazily: plain COCO generation must not need it
+    from barrier_annotator.cvat import CvatDocument  # lazily: plain COCO generation must not need it
 
     document = CvatDocument.new(list(CLASS_NAMES), task_name=f"synthetic {path.stem}")
     for image in images:
@@ -261,7 +246,7 @@ def generate_dataset(
             "categories": categories,
         }
         json_path = root / "annotations" / f"instances_{split}.json"
-        _write_json_atomic(json_path, coco)
+        atomic_write_json(json_path, coco, indent=None, sync_directory=False)
         paths.images[split] = image_dir
         paths.annotations[split] = json_path
         if write_cvat_xml:
@@ -285,7 +270,7 @@ def dataset_overrides(root: str | os.PathLike[str], prefix: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m training.data.synthetic",
+    parser = argparse.ArgumentParser(prog="python -m barrier_annotator.training.data.synthetic",
                                      description="Write a synthetic guardrail instance-segmentation dataset.")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--train", type=int, default=300, help="training images (default 300)")

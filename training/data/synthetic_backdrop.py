@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from training.data.synthetic_paint import (
+from .synthetic_paint import (
     TIMBER,
     choose,
     ellipse_poly,

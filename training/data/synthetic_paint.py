@@ -1,7 +1,7 @@
 """Painting primitives for the synthetic guardrail scenes: polygon compositing, noise and barrier paints.
 
-Kept apart from the scene geometry (:mod:`training.data.synthetic_scene`) and the backdrop
-(:mod:`training.data.synthetic_backdrop`) because both draw through :func:`fill_polygon`: one place
+Kept apart from the scene geometry (:mod:`barrier_annotator.training.data.synthetic_scene`) and the backdrop
+(:mod:`barrier_annotator.training.data.synthetic_backdrop`) because both draw through :func:`fill_polygon`: one place
 decides how anti-aliased image edges relate to the exact, aliased rasterisation used for the masks.
 """
 

@@ -18,13 +18,20 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from training.data.synthetic_backdrop import (
+from .synthetic_backdrop import (
     add_occluders,
     finish_image,
     paint_background,
     scatter_distractors,
 )
-from training.data.synthetic_paint import Paint, TextureFn, fill_polygon, jitter, noise_field, pick_style
+from .synthetic_paint import (
+    Paint,
+    TextureFn,
+    fill_polygon,
+    jitter,
+    noise_field,
+    pick_style,
+)
 
 CLASS_NAMES = ("rail_top", "rail_mid", "toeboard", "vertical_post")
 RAIL_TOP, RAIL_MID, TOEBOARD, VERTICAL_POST = range(4)

@@ -40,17 +40,14 @@ _OPTIONS = {"nogil": True, "boundscheck": False, "error_model": "numpy", "fastma
 
 
 def kernel_cache_dir() -> Path:
-    """Where the compiled kernel is cached: ``$NUMBA_CACHE_DIR`` when set, else beside the OpenVINO
-    cache (``$BARRIER_OV_CACHE/numba-kernels``, which the CPU function's image fills at build time
-    with ``barrier-prepare-openvino``), else ``~/.cache/barrier-annotator/numba-kernels``.
+    """Where the compiled kernel is cached: numba's own ``$NUMBA_CACHE_DIR`` when set (the CPU
+    function's image sets it and fills it at build time), else ``<product cache>/numba-kernels``.
 
     numba's own default writes next to this source file, which a site-packages install may not
     allow (then it would fall back to ``~/.cache/numba``, another place per user)."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return Path(os.environ["NUMBA_CACHE_DIR"])
-    if os.environ.get("BARRIER_OV_CACHE"):
-        return Path(os.environ["BARRIER_OV_CACHE"]) / "numba-kernels"
-    from ...weights import default_cache_dir
+    from ...utils import default_cache_dir
 
     return default_cache_dir() / "numba-kernels"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import math
 import os
 import threading
 from collections.abc import Sequence
@@ -25,6 +24,8 @@ from types import ModuleType
 
 import numpy as np
 import torch
+
+from ...hardware import available_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -76,22 +77,6 @@ def warm_up_in_background() -> None:
         if _background is None and fused_kernel_available():
             _background = threading.Thread(target=warm_up, name="fused-sampling-warm-up", daemon=True)
             _background.start()
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a container
-    limited to 2 CPUs on a 64-core host sees 64 in its affinity mask)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 def sampling_threads() -> int:
