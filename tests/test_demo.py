@@ -46,3 +46,35 @@ def test_demo_trains_labels_and_writes_a_cvat_task_datumaro_reads(tmp_path, caps
 
 def test_demo_rejects_empty_sets(tmp_path):
     assert main(["--output", str(tmp_path), "--label-images", "0"]) == 2
+
+
+def test_shipped_checkpoint_is_the_released_file_and_loads_strictly():
+    import hashlib
+
+    from barrier_annotator.checkout import checkout_path
+    from barrier_annotator.tools import demo
+    from mask2former.config import load_config
+    from mask2former.config.build import build_model
+    from mask2former.weights import load_checkpoint
+
+    weights = demo.shipped_weights()
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == demo.PRETRAINED_SHA256
+    report = load_checkpoint(build_model(load_config(checkout_path(demo.PRETRAINED_CONFIG))), weights)
+    assert report.ok and not report.missing and not report.class_head_skipped
+    assert demo.check_shipped_weights(weights) is None
+
+
+def test_demo_refuses_a_damaged_shipped_checkpoint_before_doing_anything(tmp_path, monkeypatch, caplog):
+    from barrier_annotator.tools import demo
+
+    damaged = tmp_path / "tiny_synthetic.pth"
+    data = bytearray(demo.shipped_weights().read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setattr(demo, "shipped_weights", lambda: damaged)
+    output = tmp_path / "demo"
+    assert main(["--output", str(output)]) == 2
+    assert "damaged or not the released file" in caplog.text and not output.exists()
+    damaged.unlink()
+    assert main(["--output", str(output)]) == 2
+    assert "is missing" in caplog.text and not output.exists()

@@ -262,3 +262,23 @@ def test_file_digests_are_memoised_until_the_file_changes(tmp_path, monkeypatch)
     data.write_bytes(b"weights v2, rewritten")  # another size: file times can tick coarser than this test
     assert utils.file_sha256(data, memo=memo) == hashlib.sha256(b"weights v2, rewritten").hexdigest()
     assert len(json.loads(memo.read_text())) == 1  # the old version's line was dropped
+
+
+def test_shipped_demo_model_with_fine_positions_matches_torch(tmp_path):
+    """The demo's pretrained model (POSITION_FEATURES on) converts, and stays exact at two input sizes."""
+    from barrier_annotator.checkout import checkout_path
+    from barrier_annotator.tools.demo import PRETRAINED_CONFIG, shipped_weights
+    from barrier_annotator.training.data.synthetic import render_sample
+
+    cfg = load_config(checkout_path(PRETRAINED_CONFIG), ["DEPLOY.CACHE_DIR", str(tmp_path)])
+    model = build_model(cfg).eval()
+    load_checkpoint(model, shipped_weights())
+    torch_predictor = Predictor(cfg, model=model, backend="torch", score_threshold=0.3)
+    ov_predictor = Predictor(cfg, model=model, backend="openvino", precision="fp32", score_threshold=0.3)
+    images = [render_sample(5, "val", 0, 640).image, render_sample(5, "val", 0, 448).image.transpose(1, 0, 2)]
+    for image in images:
+        ours, reference = ov_predictor(np.ascontiguousarray(image)), torch_predictor(np.ascontiguousarray(image))
+        assert len(reference) >= 3  # a trained model: real instances, not noise
+        # masks are upsampled 2x to the frame: a pixel whose logit is ~1e-6 from 0 may flip
+        _assert_same_instances(ours, reference, min_iou=0.99)
+    assert len(ov_predictor.runner._compiled) == 2

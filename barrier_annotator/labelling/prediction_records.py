@@ -291,3 +291,20 @@ def shape_crop(shape: ShapeRecord) -> np.ndarray:
         raise ValueError("not a mask shape")
     x0, y0, x1, y1 = shape.box
     return decode_rle(shape.rle, x1 - x0, y1 - y0)
+
+
+def record_instances(record: PredictionRecord, class_names: Sequence[str]) -> Instances:
+    """Every predicted instance of a record back at full frame, as the model gave it (pictures, reports).
+
+    Instances whose label is not in ``class_names`` raise ValueError: the record is another model's."""
+    masks = np.zeros((len(record.instances), record.height, record.width), dtype=bool)
+    class_ids = []
+    for index, instance in enumerate(record.instances):
+        if instance.label not in class_names:
+            raise ValueError(f"{record.image}: label {instance.label!r} is not one of {list(class_names)}")
+        x0, y0, x1, y1 = instance.box
+        masks[index, y0:y1, x0:x1] = decode_rle(instance.rle, x1 - x0, y1 - y0)
+        class_ids.append(class_names.index(instance.label))
+    scores = np.array([instance.score for instance in record.instances])
+    return Instances.from_masks(masks, scores, np.array(class_ids, dtype=np.int64), class_names)
+

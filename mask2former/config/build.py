@@ -100,6 +100,8 @@ def build_model(cfg: CfgNode) -> MaskFormer:
         norm=head.NORM,
         transformer_in_features=list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
         common_stride=head.COMMON_STRIDE,
+        position_features=head.POSITION_FEATURES,
+        position_min_period=head.POSITION_MIN_PERIOD,
     )
     predictor = MultiScaleMaskedTransformerDecoder(
         head.CONVS_DIM,
@@ -112,6 +114,9 @@ def build_model(cfg: CfgNode) -> MaskFormer:
         pre_norm=mf.PRE_NORM,
         mask_dim=head.MASK_DIM,
         enforce_input_project=mf.ENFORCE_INPUT_PROJ,
+        position_features=head.POSITION_FEATURES,
+        position_min_period=head.POSITION_MIN_PERIOD,
+        level_strides=[shapes[name].stride for name in head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES][::-1],
     )
     return MaskFormer(
         backbone=backbone,

@@ -87,6 +87,10 @@ def _model_defaults() -> CfgNode:
     head.PROJECT_FEATURES = ["res2"]
     head.PROJECT_CHANNELS = [48]
     head.LOSS_TYPE = "hard_pixel_mining"
+    # This product's additions (not upstream; 0 = off): sin/cos pixel positions at periods
+    # POSITION_MIN_PERIOD * 2**k px, k < POSITION_FEATURES, in the mask features and the decoder's memory.
+    head.POSITION_FEATURES = 0
+    head.POSITION_MIN_PERIOD = 16
 
     mf = model.MASK_FORMER = CfgNode()
     mf.DEEP_SUPERVISION = True

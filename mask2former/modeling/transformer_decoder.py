@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .layers import MLP, Conv2dNorm, c2_xavier_fill
-from .position_encoding import PositionEmbeddingSine
+from .position_encoding import PixelPositionFeatures, PositionEmbeddingSine
 
 
 class MultiheadAttention(nn.Module):
@@ -145,6 +145,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         pre_norm: bool,
         mask_dim: int,
         enforce_input_project: bool,
+        position_features: int = 0,
+        position_min_period: float = 16.0,
+        level_strides: Sequence[int] = (32, 16, 8),
     ) -> None:
         super().__init__()
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
@@ -174,6 +177,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 self.input_proj.append(nn.Sequential())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        # Optional (not upstream): fine pixel positions added to keys *and values* of the cross-attention,
+        # so that a query's content learns where it looked (see PixelPositionFeatures).
+        self.source_positions = nn.ModuleList()
+        if position_features > 0:
+            if len(level_strides) != self.num_feature_levels:
+                raise ValueError(f"expected {self.num_feature_levels} level strides, got {list(level_strides)}")
+            self.source_positions.extend(PixelPositionFeatures(position_features, position_min_period, stride)
+                                         for stride in level_strides)
+            self.source_position_proj = nn.ModuleList(
+                nn.Linear(4 * position_features, hidden_dim) for _ in range(self.num_feature_levels))
 
     def forward(
         self, features: Sequence[torch.Tensor], mask_features: torch.Tensor
@@ -185,7 +198,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             sizes.append(feature.shape[-2:])
             positions.append(self.pe_layer(feature).flatten(2).transpose(1, 2))
             projected = self.input_proj[level](feature).flatten(2) + self.level_embed.weight[level][None, :, None]
-            sources.append(projected.transpose(1, 2))
+            projected = projected.transpose(1, 2)
+            if len(self.source_positions):
+                fine = self.source_positions[level](feature).flatten(2).transpose(1, 2)
+                projected = projected + self.source_position_proj[level](fine)
+            sources.append(projected)
         batch = sources[0].shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..layers import Conv2dNorm, ShapeSpec, c2_xavier_fill, get_norm
-from ..position_encoding import PositionEmbeddingSine
+from ..position_encoding import PixelPositionFeatures, PositionEmbeddingSine
 from .ms_deform_attn import MSDeformAttn
 
 
@@ -128,6 +128,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_in_features: Sequence[str],
         common_stride: int,
         maskformer_num_feature_levels: int = 3,
+        position_features: int = 0,
+        position_min_period: float = 16.0,
     ) -> None:
         super().__init__()
         ordered = sorted(input_shape.items(), key=lambda item: item[1].stride)
@@ -160,6 +162,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_features = Conv2dNorm(conv_dim, mask_dim, kernel_size=1)
         c2_xavier_fill(self.mask_features)
+        # Optional (not upstream): fine pixel positions added to the mask features, see PixelPositionFeatures.
+        self.mask_position = None
+        if position_features > 0:
+            self.mask_position = PixelPositionFeatures(position_features, position_min_period, common_stride)
+            self.mask_position_proj = nn.Conv2d(self.mask_position.out_channels, mask_dim, kernel_size=1)
 
         smallest_stride = min(shape.stride for _, shape in transformer_ordered)
         self.num_fpn_levels = round(math.log2(smallest_stride) - math.log2(common_stride))
@@ -201,4 +208,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             lateral = self.lateral_convs[index](features[name].float())
             upsampled = F.interpolate(outputs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
             outputs.append(self.output_convs[index](lateral + upsampled))
-        return self.mask_features(outputs[-1]), outputs[: self.maskformer_num_feature_levels]
+        mask_features = self.mask_features(outputs[-1])
+        if self.mask_position is not None:
+            mask_features = mask_features + self.mask_position_proj(self.mask_position(mask_features))
+        return mask_features, outputs[: self.maskformer_num_feature_levels]
