@@ -47,6 +47,14 @@ def tiny_model(tiny_cfg):
     return build_model(tiny_cfg).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory, tiny_model) -> Path:
+    """``tiny_model``'s weights as a ``model_final.pth``-style file, for commands that load a path."""
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save({"model": tiny_model.state_dict()}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Training tests: the tiny model is hundreds of small ops per step, as fast on one thread, and

@@ -17,6 +17,14 @@ deserialisers validate what they receive exactly as with a real server. Endpoint
     GET  /api/jobs/{id}/dataset/download?rq_id   the job's export zip
     POST/PATCH/HEAD /api/{jobs,tasks}/{id}/annotations/...   "CVAT 1.1" upload (cvat-sdk's TUS
                                                protocol: Upload-Start, create, chunks, Upload-Finish)
+    POST /api/tasks                            TaskWriteRequest -> 201 TaskRead (project_id or labels)
+    GET  /api/labels?project_id|task_id|job_id PaginatedLabelList
+    POST/PATCH/HEAD /api/tasks/{id}/data/...   the task's media: Upload-Start, bundled client files
+                                               (multipart, Upload-Multiple), big files by TUS,
+                                               Upload-Finish with the DataRequest fields -> 202 RqId;
+                                               or one JSON DataRequest with server_files (the share)
+    GET  /api/tasks/{id}/data/meta             DataMetaRead (frame names and sizes, in task order)
+    GET, PUT, PATCH /api/tasks/{id}/annotations   LabeledData JSON (PATCH ?action=create adds shapes)
 
 Habits of a real CVAT (2.73) that it copies, because code that works against a too-tidy fake
 broke against the real one:
@@ -27,6 +35,13 @@ broke against the real one:
   with ``source="file"`` whatever the file said;
 - updating a job's stage without a state sets the state to "new" (CVAT's JobWriteSerializer);
   every change moves the job's ``updated_date`` forward.
+- task creation is CVAT's: a task is created empty, its data is added once (a second upload is
+  refused), ``image_quality`` is required, frames are ordered by ``sorting_method``
+  (lexicographical by default, ``predefined`` keeps ``upload_file_order``), a client file keeps
+  only its base name, the creation runs as a background request ("create:task", "started" on the
+  first poll) that fails with a message when a file is not an image; the task then holds one job
+  (stage annotation, state new) of all its frames. Shapes sent as JSON keep their ``source``
+  (default "manual"), unlike an upload.
 
 Faults are injected per (method, path prefix): an HTTP status, a connection dropped before any
 response, a body cut off after half its bytes (with or without Content-Length), or garbage.
@@ -45,6 +60,8 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email import policy as email_policy
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -133,6 +150,9 @@ class FakeTask:
     id: int
     name: str
     project_id: int | None
+    labels: list[dict[str, Any]] = field(default_factory=list)  # a task outside a project has its own
+    image_quality: int = 70
+    has_data: bool = False
 
 
 @dataclass
@@ -161,6 +181,8 @@ class FakeCvat:
         self.users = dict(users or {})
         self.page_size = page_size
         self.projects: dict[int, str] = {}
+        self.project_labels: dict[int, list[dict[str, Any]]] = {}
+        self.share: dict[str, bytes] = {}  # the server's shared storage: path -> bytes (server_files)
         self.tasks: dict[int, FakeTask] = {}
         self.jobs: dict[int, FakeJob] = {}
         self.faults: list[Fault] = []
@@ -169,6 +191,8 @@ class FakeCvat:
         self.clock = EPOCH + timedelta(days=100)  # updated_date of the next change
         self._requests: dict[str, dict[str, Any]] = {}
         self._uploads: dict[str, bytearray] = {}
+        self._task_files: dict[int, dict[str, bytes]] = {}  # media uploaded to a task, before Upload-Finish
+        self._data_uploads: dict[str, tuple[int, str, bytearray]] = {}  # TUS id -> task, file name, bytes
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -195,6 +219,21 @@ class FakeCvat:
         if project_id is not None:
             self.projects.setdefault(project_id, f"project {project_id}")
         self.tasks[task_id] = FakeTask(task_id, name, project_id)
+
+    def set_labels(self, project_id: int, labels: list[tuple[str, str]]) -> None:
+        """The project's labels, ``(name, type)`` each; ids are numbered across the server."""
+        self.projects.setdefault(project_id, f"project {project_id}")
+        self.project_labels[project_id] = []
+        for name, kind in labels:
+            self.project_labels[project_id].append(self._label(name, kind))
+
+    def _label(self, name: str, kind: str, color: str = "#fa3253") -> dict[str, Any]:
+        used = [label["id"] for labels in [*self.project_labels.values(), *(t.labels for t in self.tasks.values())]
+                for label in labels]
+        return {"id": max(used, default=0) + 1, "name": name, "type": kind or "any", "color": color}
+
+    def labels_of(self, task: FakeTask) -> list[dict[str, Any]]:
+        return self.project_labels.get(task.project_id, []) if task.project_id is not None else task.labels
 
     def add_job(self, job_id: int, task_id: int, frames: tuple[int, int], export: bytes, **fields: Any) -> FakeJob:
         job = FakeJob(job_id, task_id, frames[0], frames[1], export, **fields)
@@ -230,6 +269,147 @@ class FakeCvat:
             raise KeyError(object_id)
         for job in jobs:
             job.export = with_uploaded(job.export, annotations)
+            job.updated = self.tick()
+
+    # ------------------------------------------------------------------ task creation
+    def create_task(self, spec: Mapping[str, Any]) -> FakeTask:
+        """``POST /api/tasks``: an empty task, in a project (its labels) or with labels of its own."""
+        project_id = spec.get("project_id")
+        if project_id is not None and spec.get("labels"):
+            raise ValueError("Project must have only one of Label set or project_id")
+        if project_id is not None and project_id not in self.projects:
+            raise ValueError(f"Invalid pk \"{project_id}\" - object does not exist.")
+        if not spec.get("name"):
+            raise ValueError("name: This field is required.")
+        task = FakeTask(max([*self.tasks, 0]) + 1, str(spec["name"]), project_id)
+        self.tasks[task.id] = task
+        for label in spec.get("labels") or []:
+            task.labels.append(self._label(label["name"], label.get("type", "any"), label.get("color") or "#fa3253"))
+        return task
+
+    def add_data(self, task: FakeTask, files: Mapping[str, bytes], fields: Mapping[str, Any]) -> str:
+        """``POST /api/tasks/{id}/data``: the task's frames (one job of all of them) as a background request."""
+        if task.has_data:
+            raise ValueError("Adding more data is not supported")
+        quality = fields.get("image_quality")
+        if not isinstance(quality, int) or not 0 <= quality <= 100:
+            raise ValueError("image_quality: This field is required (an integer 0..100).")
+        files = dict(files)
+        for path in fields.get("server_files") or []:
+            if path not in self.share:
+                raise ValueError(f"server_files: {path} is not in the share")
+            files[Path(path).name] = self.share[path]
+        if not files:
+            raise ValueError("No media data found")
+        order = fields.get("upload_file_order") or []
+        method = fields.get("sorting_method", "lexicographical")
+        names = [name for name in order if name in files] if method == "predefined" else sorted(files)
+        rq_id = f"create:task-{task.id}-{secrets.token_hex(4)}"
+        self._requests[rq_id] = {"type": "create:task", "task_id": task.id, "job_id": None, "format": None,
+                                 "polls": 0}
+        try:
+            from PIL import Image
+
+            sizes = {}
+            for name in names:
+                with Image.open(io.BytesIO(files[name])) as image:
+                    image.load()
+                    sizes[name] = image.size
+        except Exception as error:  # CVAT fails the request with its media reader's message
+            self._requests[rq_id]["failed"] = f"Could not read the media: {error}"
+            return rq_id
+        labels = self.labels_of(task)
+        document = ET.Element("annotations")
+        ET.SubElement(document, "version").text = "1.1"
+        meta = ET.SubElement(ET.SubElement(document, "meta"), "task")
+        ET.SubElement(meta, "name").text = task.name
+        label_list = ET.SubElement(meta, "labels")
+        for label in labels:
+            element = ET.SubElement(label_list, "label")
+            for key in ("name", "color", "type"):
+                ET.SubElement(element, key).text = str(label[key])
+            ET.SubElement(element, "attributes")
+        for index, name in enumerate(names):
+            width, height = sizes[name]
+            ET.SubElement(document, "image", {"id": str(index), "name": name, "width": str(width),
+                                              "height": str(height)})
+        task.has_data, task.image_quality = True, quality
+        job_id = max([*self.jobs, 0]) + 1
+        self.add_job(job_id, task.id, (0, len(names) - 1),
+                     export_zip(ET.tostring(document, encoding="utf-8"), {name: files[name] for name in names}),
+                     stage="annotation", state="new", updated=self.tick())
+        return rq_id
+
+    def task_jobs(self, task_id: int) -> list[FakeJob]:
+        return sorted((job for job in self.jobs.values() if job.task_id == task_id), key=lambda job: job.start_frame)
+
+    def task_frames(self, task_id: int) -> list[tuple[FakeJob, ET.Element]]:
+        """Every frame of the task in order: its job and ``<image>`` element."""
+        frames = []
+        for job in self.task_jobs(task_id):
+            root, _ = _unpack(job.export)
+            frames += [(job, image) for image in root.iter("image")]
+        return frames
+
+    def task_shapes(self, task_id: int) -> list[dict[str, Any]]:
+        """The task's shapes as CVAT's JSON API lists them (mask points: RLE + inclusive box)."""
+        label_ids = {label["name"]: label["id"] for label in self.labels_of(self.tasks[task_id])}
+        shapes = []
+        for frame, (_, image) in enumerate(self.task_frames(task_id)):
+            for element in _shape_children(image):
+                if element.tag == "mask":
+                    left, top = int(element.get("left")), int(element.get("top"))
+                    width, height = int(element.get("width")), int(element.get("height"))
+                    points = [float(v) for v in element.get("rle").split(",")] + \
+                        [left, top, left + width - 1, top + height - 1]
+                else:
+                    points = [float(v) for pair in element.get("points").split(";") for v in pair.split(",")]
+                shapes.append({"type": element.tag, "label_id": label_ids[element.get("label")], "frame": frame,
+                               "points": points, "source": element.get("source", "manual"),
+                               "group": int(element.get("group_id", 0)), "occluded": element.get("occluded") == "1",
+                               "z_order": int(element.get("z_order", 0))})
+        return shapes
+
+    def put_shapes(self, task_id: int, shapes: list[dict[str, Any]], *, replace: bool) -> None:
+        """``PUT`` (replace) or ``PATCH ?action=create`` (add) JSON shapes; their ``source`` is kept."""
+        task = self.tasks[task_id]
+        names = {label["id"]: label["name"] for label in self.labels_of(task)}
+        frames = self.task_frames(task_id)
+        for shape in shapes:
+            if shape.get("label_id") not in names:
+                raise ValueError(f"label_id {shape.get('label_id')} is not a label of task {task_id}")
+            if not 0 <= int(shape.get("frame", -1)) < len(frames):
+                raise ValueError(f"frame {shape.get('frame')} is outside task {task_id}")
+            if shape.get("type") not in ("mask", "polygon"):
+                raise ValueError(f"this fake stores mask and polygon shapes, got {shape.get('type')!r}")
+        for job in self.task_jobs(task_id):
+            root, images = _unpack(job.export)
+            elements = list(root.iter("image"))
+            for image in elements if replace else []:
+                for child in _shape_children(image):
+                    image.remove(child)
+            for shape in shapes:
+                index = int(shape["frame"]) - job.start_frame
+                if not 0 <= index < len(elements):
+                    continue
+                common = {"label": names[shape["label_id"]], "source": shape.get("source") or "manual",
+                          "occluded": "1" if shape.get("occluded") else "0", "z_order": str(shape.get("z_order", 0))}
+                if shape.get("group"):
+                    common["group_id"] = str(shape["group"])
+                points = shape["points"]
+                if shape["type"] == "mask":
+                    xtl, ytl, xbr, ybr = (int(v) for v in points[-4:])
+                    runs = [int(v) for v in points[:-4]]
+                    if sum(runs) != (xbr - xtl + 1) * (ybr - ytl + 1):
+                        raise ValueError("mask runs do not fill the mask's box")
+                    ET.SubElement(elements[index], "mask", {**common, "rle": ", ".join(map(str, runs)),
+                                                            "left": str(xtl), "top": str(ytl),
+                                                            "width": str(xbr - xtl + 1),
+                                                            "height": str(ybr - ytl + 1)})
+                else:
+                    pairs = ";".join(f"{x:.2f},{y:.2f}" for x, y in zip(points[::2], points[1::2], strict=True))
+                    ET.SubElement(elements[index], "polygon", {**common, "points": pairs})
+            job.export = export_zip(ET.tostring(root, encoding="utf-8"), images)
             job.updated = self.tick()
 
     def requests_to(self, method: str, prefix: str) -> list[Logged]:
@@ -274,7 +454,7 @@ class FakeCvat:
             project_name=self.projects.get(task.project_id), owner=None, assignee=None, bug_tracker="",
             created_date=EPOCH, updated_date=max((j.updated for j in jobs), default=EPOCH), overlap=0,
             segment_size=0, status="completed" if jobs and all(j.state == "completed" for j in jobs) else
-            "annotation", size=sum(j.stop_frame - j.start_frame + 1 for j in jobs), image_quality=70,
+            "annotation", size=sum(j.stop_frame - j.start_frame + 1 for j in jobs), image_quality=task.image_quality,
             dimension="2d", mode="annotation", media_type="image", subset="", organization=None,
             target_storage=None, source_storage=None, assignee_updated_date=None)
 
@@ -293,18 +473,19 @@ class FakeCvat:
         state = self._requests[rq_id]
         state["polls"] += 1
         finished = state["polls"] > 1
+        failed = finished and state.get("failed")
         export = state["type"] == "export:dataset"
         job_id, task_id = state.get("job_id"), state.get("task_id")
         return models.Request._from_openapi_data(
-            status=models.RequestStatus("finished" if finished else "started"), id=rq_id,
+            status=models.RequestStatus("failed" if failed else "finished" if finished else "started"), id=rq_id,
             operation=models.RequestDataOperation._from_openapi_data(
                 type=state["type"], target="job" if job_id is not None else "task", project_id=None,
                 task_id=task_id, job_id=job_id, format=state["format"], function_id=None),
-            created_date=EPOCH, message="", progress=1.0 if finished else 0.5, started_date=EPOCH,
+            created_date=EPOCH, message=failed or "", progress=1.0 if finished else 0.5, started_date=EPOCH,
             finished_date=EPOCH if finished else None, expiry_date=None,
             owner=models.RequestOwner._from_openapi_data(id=1, username="alice", _spec_property_naming=True),
-            result_url=f"{self.url}/api/jobs/{job_id}/dataset/download?rq_id={rq_id}" if finished and export
-            else None, result_id=None)
+            result_url=f"{self.url}/api/jobs/{job_id}/dataset/download?rq_id={rq_id}"
+            if finished and export and not failed else None, result_id=None)
 
     def new_export(self, job_id: int, format_name: str) -> str:
         rq_id = f"export:job-{job_id}-dataset-{secrets.token_hex(4)}"
@@ -352,6 +533,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._dispatch("HEAD")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
 
     # ------------------------------------------------------------------ plumbing
     def _dispatch(self, method: str) -> None:
@@ -429,6 +613,21 @@ class _Handler(BaseHTTPRequestHandler):
             if project_id not in cvat.projects:
                 raise KeyError(path)
             return 200, _json(cvat.project_model(project_id)), {}
+        if method == "POST" and path in ("/api/tasks", "/api/tasks/"):
+            try:
+                task = cvat.create_task(json.loads(body or b"{}"))
+            except ValueError as error:
+                return 400, json.dumps({"detail": str(error)}).encode(), {}
+            return 201, _json(cvat.task_model(task)), {}
+        if method == "GET" and path in ("/api/labels", "/api/labels/"):
+            return 200, self._labels_page(query), {}
+        if method == "GET" and (match := re.fullmatch(r"/api/tasks/(\d+)/data/meta", path)):
+            return 200, self._data_meta(cvat.tasks[int(match[1])]), {}
+        if match := re.fullmatch(r"/api/tasks/(\d+)/data/?(\w*)", path):
+            return self._task_data(method, cvat.tasks[int(match[1])], match[2], body)
+        if (match := re.fullmatch(r"/api/tasks/(\d+)/annotations/?", path)) and (
+                method in ("GET", "PUT") or (method == "PATCH" and "action" in query)):
+            return self._task_annotations(method, cvat.tasks[int(match[1])], query, body)
         if match := re.fullmatch(r"/api/tasks/(\d+)", path):
             task = cvat.tasks[int(match[1])]
             if method == "DELETE":
@@ -494,6 +693,94 @@ class _Handler(BaseHTTPRequestHandler):
                 return 409, b"", {"Upload-Offset": str(len(data))}
             data.extend(body)
         return 204 if method == "PATCH" else 200, b"", {"Upload-Offset": str(len(data)), "Tus-Resumable": "1.0.0"}
+
+    def _labels_page(self, query: dict[str, list[str]]) -> bytes:
+        cvat = self.cvat
+        if "project_id" in query:
+            labels = cvat.project_labels.get(int(query["project_id"][0]), [])
+        elif "task_id" in query:
+            labels = cvat.labels_of(cvat.tasks[int(query["task_id"][0])])
+        elif "job_id" in query:
+            labels = cvat.labels_of(cvat.tasks[cvat.jobs[int(query["job_id"][0])].task_id])
+        else:
+            labels = [label for labels in cvat.project_labels.values() for label in labels]
+        return _json(models.PaginatedLabelList._from_openapi_data(
+            count=len(labels), next=None, previous=None,
+            results=[models.Label._from_openapi_data(name=label["name"], id=label["id"], color=label["color"],
+                                                     type=label["type"], attributes=[], sublabels=[],
+                                                     has_parent=False) for label in labels]))
+
+    def _data_meta(self, task: FakeTask) -> bytes:
+        frames = self.cvat.task_frames(task.id)
+        return _json(models.DataMetaRead._from_openapi_data(
+            chunks_updated_date=EPOCH, deleted_frames=[], image_quality=task.image_quality, size=len(frames),
+            start_frame=0, stop_frame=max(len(frames) - 1, 0), chunk_size=36, frame_filter="", storage="local",
+            frames=[models.FrameMeta._from_openapi_data(name=image.get("name"), related_files=0,
+                                                        width=int(image.get("width")),
+                                                        height=int(image.get("height")))
+                    for _, image in frames]))
+
+    def _task_data(self, method: str, task: FakeTask, file_id: str, body: bytes
+                   ) -> tuple[int, bytes, dict[str, str]]:
+        """A task's media, as cvat-sdk's ``DataUploader`` sends it (or one JSON request with server files)."""
+        cvat = self.cvat
+        files = cvat._task_files.setdefault(task.id, {})
+        headers = self.headers
+        if method == "POST" and "Upload-Start" in headers:
+            files.clear()
+            return 202, b"", {}
+        if method == "POST" and "Upload-Multiple" in headers:
+            message = BytesParser(policy=email_policy.HTTP).parsebytes(
+                b"Content-Type: " + headers["Content-Type"].encode() + b"\r\n\r\n" + body)
+            for part in message.iter_parts():
+                if part.get_param("name", header="content-disposition", failobj="").startswith("client_files["):
+                    files[Path(part.get_filename()).name] = part.get_payload(decode=True)
+            return 200, b"", {}
+        if method == "POST" and "Upload-Metadata" in headers:  # TUS create for one big file
+            meta = dict(item.split(" ", 1) for item in headers["Upload-Metadata"].split(","))
+            name = Path(base64.b64decode(meta["filename"]).decode()).name
+            upload_id = secrets.token_hex(6)
+            cvat._data_uploads[upload_id] = (task.id, name, bytearray())
+            return 201, b"", {"Location": f"{cvat.url}/api/tasks/{task.id}/data/{upload_id}", "Upload-Filename": name}
+        if file_id:
+            owner, name, data = cvat._data_uploads[file_id]
+            if owner != task.id:
+                raise KeyError(file_id)
+            if method == "PATCH":
+                if int(headers["Upload-Offset"]) != len(data):
+                    return 409, b"", {"Upload-Offset": str(len(data))}
+                data.extend(body)
+                if len(data) >= int(headers.get("Upload-Length") or len(data)):
+                    files[name] = bytes(data)
+            return 204 if method == "PATCH" else 200, b"", {"Upload-Offset": str(len(data)), "Tus-Resumable": "1.0.0"}
+        if method != "POST":
+            raise KeyError(method)
+        fields = json.loads(body or b"{}")
+        uploaded = dict(files) if "Upload-Finish" in headers else {}
+        files.clear()
+        try:
+            rq_id = cvat.add_data(task, uploaded, fields)
+        except ValueError as error:
+            return 400, json.dumps({"detail": str(error)}).encode(), {}
+        return 202, _json(models.RqId._from_openapi_data(rq_id=rq_id)), {}
+
+    def _task_annotations(self, method: str, task: FakeTask, query: dict[str, list[str]], body: bytes
+                          ) -> tuple[int, bytes, dict[str, str]]:
+        cvat = self.cvat
+        if method != "GET":
+            action = query.get("action", ["create"])[0]
+            if method == "PATCH" and action != "create":
+                return 400, json.dumps({"detail": "this fake supports action=create only"}).encode(), {}
+            try:
+                cvat.put_shapes(task.id, json.loads(body or b"{}").get("shapes", []), replace=method == "PUT")
+            except ValueError as error:
+                return 400, json.dumps({"detail": str(error)}).encode(), {}
+        shapes = [models.LabeledShape._from_openapi_data(
+            type=models.ShapeType(shape["type"]), label_id=shape["label_id"], frame=shape["frame"],
+            points=shape["points"], source=shape["source"], group=shape["group"], occluded=shape["occluded"],
+            z_order=shape["z_order"], outside=False, rotation=0.0, attributes=[], elements=[])
+            for shape in cvat.task_shapes(task.id)]
+        return 200, _json(models.LabeledData._from_openapi_data(version=0, tags=[], shapes=shapes, tracks=[])), {}
 
     def _jobs_page(self, query: dict[str, list[str]]) -> bytes:
         cvat = self.cvat

@@ -44,6 +44,17 @@ def test_demo_trains_labels_and_writes_a_cvat_task_datumaro_reads(tmp_path, caps
         assert item.media.data.shape[:2] == masks[0].image.shape
 
 
+def test_demo_from_scratch_trains_the_tiny_cpu_config(tmp_path, capsys):
+    output = tmp_path / "demo"
+    code = main(["--output", str(output), "--from-scratch", "--weights", str(tmp_path / "not_needed.pth"),
+                 "--train-minutes", "0.05", "--train-images", "4", "--val-images", "2", "--label-images", "1",
+                 "--size", "128", "--threshold", "0", "--no-progress"])
+    assert code == 0
+    assert "trained from scratch:" in capsys.readouterr().out
+    assert not (output / "pretrained_eval").exists()
+    assert "POSITION_FEATURES: 0" in (output / "training_run" / "config.yaml").read_text()
+
+
 def test_demo_rejects_empty_sets(tmp_path):
     assert main(["--output", str(tmp_path), "--label-images", "0"]) == 2
 

@@ -61,14 +61,7 @@ class SimulatedCrash(BaseException):
 # --- fixtures ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model on 64 px frames is all small ops: a second thread only adds synchronisation
-    (several times slower on a busy 2-core machine). Restored for the other test modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the tiny model on 64 px frames: small ops
 
 
 @pytest.fixture(scope="module")

@@ -293,3 +293,48 @@ def test_cli_writes_a_dataset(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "barrier_annotator.training.data.synthetic", "--out", str(out),
                           "--size", "8"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode != 0
+
+
+# --- walk-through runs (near-duplicate frames) -----------------------------------------------------
+
+def test_walk_frames_are_near_duplicates_of_their_run_and_deterministic():
+    from itertools import pairwise
+
+    from barrier_annotator.training.data.synthetic import render_walk_sample
+
+    run = [render_walk_sample(0, "train", 3, frame, 5, image_size=96) for frame in range(5)]
+    other = render_walk_sample(0, "train", 4, 0, 5, image_size=96)
+    again = render_walk_sample(0, "train", 3, 2, 5, image_size=96)
+    np.testing.assert_array_equal(again.image, run[2].image)
+    assert all(a.image.shape == run[0].image.shape for a in run)
+    step = np.mean([np.abs(a.image.astype(int) - b.image.astype(int)).mean() for a, b in pairwise(run)])
+    if other.image.shape == run[0].image.shape:
+        assert step < np.abs(other.image.astype(int) - run[0].image.astype(int)).mean()
+    assert not np.array_equal(run[0].image, run[1].image)  # own noise: no two frames are byte-identical
+    for scene in run:  # masks are the window's crop: same classes, within the frame
+        assert scene.instances and all(i.mask.shape == scene.image.shape[:2] and i.mask.any() for i in scene.instances)
+    assert {i.class_name for i in run[0].instances} & {i.class_name for i in run[-1].instances}
+
+
+def test_walk_runs_leave_plain_samples_unchanged_and_are_recorded_in_coco(tmp_path):
+    from barrier_annotator.training.data.synthetic_walk import parse_lengths, run_positions
+
+    assert parse_lengths("2x3,1") == (3, 3, 1)
+    assert run_positions((2, 1)) == [(0, 0, 2), (0, 1, 2), (1, 0, 1)]
+    for bad in ("", "0x3", "2x0", "ax3"):
+        with pytest.raises(ValueError):
+            parse_lengths(bad)
+    plain = generate_dataset(tmp_path / "plain", num_train=2, num_val=1, image_size=64, progress=False)
+    walked = generate_dataset(tmp_path / "walk", num_train=3, num_val=1, image_size=64, progress=False,
+                              walk_runs={"train": (2, 1)})
+    coco = json.loads(walked.annotations["train"].read_text())
+    assert [image["walk"] for image in coco["images"]] == [
+        {"run": 0, "frame": 0, "length": 2}, {"run": 0, "frame": 1, "length": 2}, {"run": 1, "frame": 0, "length": 1}]
+    plain_val = (tmp_path / "plain" / "images" / "val" / "000000.jpg").read_bytes()
+    assert (tmp_path / "walk" / "images" / "val" / "000000.jpg").read_bytes() == plain_val  # val untouched
+    assert (tmp_path / "walk" / "images" / "train" / "000000.jpg").read_bytes() != \
+        (tmp_path / "plain" / "images" / "train" / "000000.jpg").read_bytes()
+    with pytest.raises(ValueError, match="sum to"):
+        generate_dataset(tmp_path / "bad", num_train=4, num_val=0, image_size=64, progress=False,
+                         walk_runs={"train": (2, 1)})
+    assert plain is not None

@@ -14,25 +14,35 @@ model with mask AP 0 or NaN is never deployed. Jobs that left the selection (reo
 stage, deleted) are withdrawn from the next round's dataset. A report (Markdown, JSON, plot) is
 written per run. Nothing new in CVAT: exit 0, nothing done.
 
+``--select N [--strategy hybrid]``: after every round (deployed or not) the model deployed at its
+end scores the frames of the project's jobs that are not completed, chooses N (see
+``barrier-select``; a frame is chosen once, ever) and creates a CVAT task of them in the project,
+pre-labelled (source "semi-auto"); the report lists what was chosen and why. Before any model is
+deployed nothing is chosen. A frame labelled twice (in its task and in the new one) trains once.
+
 Exit status: 0 done (also: nothing new, or the gate kept the deployed model), 2 bad options or
 workdir, 3 CVAT unreachable / credentials refused / export failed, 4 training or evaluation failed,
 5 deployment failed (the deployed model is unchanged), 6 another run holds the workdir,
-130 interrupted (--resume continues).
+130 interrupted (--resume continues); 3 also when the round finished but --select failed (the
+report says why).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from barrier_annotator.selection.after_round import RoundSelection, select_after_round
+from barrier_annotator.selection.strategies import STRATEGIES
 from barrier_annotator.sync.cvat_client import Selection
 from barrier_annotator.sync.export import ExportSettings
 from barrier_annotator.sync.gate import FIRST_DEPLOYMENT_MIN_AP, GateCriteria
 from barrier_annotator.sync.loop import mark_deployed, run_sync
-from barrier_annotator.sync.options import ExitCode, SyncOptions
+from barrier_annotator.sync.options import AfterRound, ExitCode, SyncOptions
 from barrier_annotator.sync.redact import forget_secrets, redact, scrubbed_logging
 from barrier_annotator.sync.retry import RetryPolicy
 from mask2former.command_line import LOG_FORMAT
@@ -103,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--gpu", action="store_true", help="deploy the GPU function (deploy.sh --gpu)")
     deploy.add_argument("--no-deploy", action="store_true", help="package the model and print the command only")
     deploy.add_argument("--deploy-timeout", type=float, default=None, metavar="S", help="limit for deploy.sh")
+    choose = parser.add_argument_group("what to label next")
+    choose.add_argument("--select", type=int, default=0, metavar="N",
+                        help="after a round, choose N frames of the jobs that are not completed with the deployed "
+                             "model and create a pre-labelled CVAT task of them in the project (see barrier-select)")
+    choose.add_argument("--strategy", dest="select_strategy", default="hybrid",
+                        choices=STRATEGIES, help="--select's strategy")
+    choose.add_argument("--select-task-name", default="barrier-select round {round}", metavar="NAME",
+                        help="name of the task --select creates ({round}: the round's number)")
+    choose.add_argument("--select-backend", default=None, choices=("auto", "torch", "openvino"),
+                        help="backend scoring runs on (default: the deployed config's)")
     control = parser.add_argument_group("run control")
     control.add_argument("--dry-run", action="store_true", help="show what would be pulled and trained; change nothing")
     control.add_argument("--pull-only", action="store_true", help="update the dataset, do not train")
@@ -140,7 +160,15 @@ def options_from_args(args: argparse.Namespace) -> SyncOptions:
         pull_only=args.pull_only, resume=args.resume,
         retry=RetryPolicy(attempts=args.retries, backoff=args.retry_backoff),
         export=ExportSettings(poll_period=args.poll_period, timeout=args.export_timeout, progress=args.progress),
-        progress=args.progress)
+        progress=args.progress, after_round=after_round_step(args))
+
+
+def after_round_step(args: argparse.Namespace) -> AfterRound | None:
+    """``--select``: the selection package's after-round step, bound to what was asked (else None)."""
+    if not args.select:
+        return None
+    request = RoundSelection(args.select, args.select_strategy, args.select_task_name, args.select_backend)
+    return functools.partial(select_after_round, request=request)
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -160,6 +188,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--retries, --num-gpus and --iterations must be at least 1")
     if args.val_percent is not None and not 0 < args.val_percent < 100:
         parser.error("--val-percent must be within 1..99")
+    if args.select < 0:
+        parser.error("--select must be at least 1 (or 0: choose nothing)")
+    if args.select and len(args.project) + len(args.task) == 0:
+        parser.error("--select needs --project: the task it creates goes into that project")
     if args.opts and len(args.opts) % 2:
         parser.error(f"--opts needs KEY VALUE pairs, got {len(args.opts)} words")
 

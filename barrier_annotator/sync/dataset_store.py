@@ -345,7 +345,11 @@ class DatasetStore:
         return record
 
     def _write_round_files(self, folder: str, number: int) -> dict[str, Any]:
-        images = {key: entry for key, entry in self.manifest["images"].items() if not entry.get("withdrawn")}
+        images, duplicates = unique_content({key: entry for key, entry in self.manifest["images"].items()
+                                             if not entry.get("withdrawn")}, self.manifest["jobs"])
+        if duplicates:
+            logger.info("round %d: %d image(s) labelled in more than one task enter once (the latest labels)",
+                        number, len(duplicates))
         jobs = self.manifest["jobs"]
         sources: dict[str, CvatDocument] = {}
 
@@ -376,6 +380,7 @@ class DatasetStore:
             ET.indent(document.root)
             document.save(self.root / folder / f"{split}.xml")
         return {"images": {split: len(doc.images) for split, doc in documents.items()},
+                "duplicate_images": duplicates,
                 "instances": {split: dict(sorted(c.items())) for split, c in instances.items()},
                 "other_shapes": {split: dict(sorted(c.items())) for split, c in other.items()}}
 
@@ -387,6 +392,24 @@ class DatasetStore:
     def round_files(self, record: dict[str, Any]) -> tuple[Path, Path, Path]:
         """(train xml, val xml, image root) of a round."""
         return self.root / record["train_xml"], self.root / record["val_xml"], self.root / "images"
+
+
+def unique_content(images: dict[str, dict[str, Any]], jobs: dict[str, dict[str, Any]]
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """One image per content hash: a frame labelled twice (in its original task and again in a task
+    ``barrier-select`` made of it) enters the training set once, with its most recent labels (the
+    job pulled last; then the later key, so the choice never depends on dict order). Returns the
+    kept images and, for every image left out, the key of the one kept instead. Both copies share
+    their split (it is a function of the content), so nothing leaks between train and val."""
+    def recency(key: str) -> tuple[str, str]:
+        return str(jobs.get(str(images[key]["job_id"]), {}).get("updated_date") or ""), key
+
+    kept: dict[str, str] = {}
+    for key in sorted(images, key=recency):
+        kept[images[key]["sha256"]] = key  # the most recent one wins
+    chosen = set(kept.values())
+    left_out = {key: kept[images[key]["sha256"]] for key in sorted(images) if key not in chosen}
+    return {key: images[key] for key in sorted(chosen)}, left_out
 
 
 def _withdrawal_pending(entry: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from mask2former.config import load_config
 from mask2former.config.class_names import class_names_for
 from mask2former.utils import file_sha256
 
-from .cvat_client import CvatError
+from .cvat_client import CvatError, read_credentials
 from .dataset_store import DatasetError, DatasetStore
 from .deploy import (
     DeployError,
@@ -33,7 +33,7 @@ from .deploy import (
 )
 from .gate import decide, metric_key
 from .options import ExitCode, Outcome, SyncOptions
-from .pull import CredentialsReader, pull
+from .pull import CredentialsReader, close_client, open_client, pull
 from .report import write_report
 from .run_state import RunState, WorkdirBusy, latest_unfinished, new_run, workdir_lock
 from .trainer import DatasetSplit, TrainingFailed, TrainRequest, evaluate, finetune
@@ -172,6 +172,10 @@ def _round(options: SyncOptions, store: DatasetStore, run: RunState) -> Outcome:
         report["held_back"] = held_back
     store.conclude_round(record["round"], run.id, {"deploy": decided["deploy"], "summary": decided["summary"],
                                                    "executed": bool(deployment.get("executed"))})
+    selection_failed = None
+    if options.after_round is not None:
+        report["selection"] = _select(options, store, run, record["round"])
+        selection_failed = report["selection"].get("error")
     paths = _write(run, report)
     run.record("reported", **{k: str(v) for k, v in paths.items()})
     run.finish("finished")
@@ -179,8 +183,46 @@ def _round(options: SyncOptions, store: DatasetStore, run: RunState) -> Outcome:
     new, old = evaluated["candidate"].get(key), (evaluated["reference"] or {}).get(key)
     versus = f" vs {evaluated['reference_name']} {_number(old)}" if evaluated["reference"] is not None else ""
     why = f" ({'; '.join(held_back)})" if held_back else ""
-    return Outcome(ExitCode.OK, f"round {record['round']}: candidate {key} {_number(new)}{versus} -> {outcome}{why}. "
-                                f"Report: {paths['markdown']}", run.dir)
+    chosen = _selection_summary(report.get("selection"))
+    message = (f"round {record['round']}: candidate {key} {_number(new)}{versus} -> {outcome}{why}.{chosen} "
+               f"Report: {paths['markdown']}")
+    return Outcome(ExitCode.CVAT if selection_failed else ExitCode.OK, message, run.dir)
+
+
+def _select(options: SyncOptions, store: DatasetStore, run: RunState, round_number: int) -> dict[str, Any]:
+    """``--select``: the next frames and their task, once per run (a resumed run keeps its choice).
+    A failure is reported, never undoes the round: rerun ``barrier-select --create-task`` or the
+    next round to finish a task that was cut off."""
+    if run.done("selected"):
+        return run.step("selected")
+    assert options.after_round is not None
+    client = None
+    try:
+        client = open_client(options, read_credentials)
+        labelled = {entry["sha256"] for entry in store.manifest["images"].values()}
+        info = options.after_round(client, workdir=options.workdir, selection=options.selection,
+                                   round_number=round_number, deployed=load_deployed(options.workdir),
+                                   labelled_keys=labelled, retry=options.retry, export=options.export,
+                                   progress=options.progress)
+    except (CvatError, DeployError, OSError, ValueError) as error:
+        logger.error("--select: %s", error)
+        return {"error": str(error), "chosen": []}
+    finally:
+        if client is not None:
+            close_client(client)
+    run.record("selected", **info)
+    return info
+
+
+def _selection_summary(selection: dict[str, Any] | None) -> str:
+    if not selection:
+        return ""
+    if selection.get("error"):
+        return f" Selection failed: {selection['error']}."
+    task = selection.get("task") or {}
+    if task:
+        return f" Chose {len(selection.get('chosen', []))} frames for CVAT task {task.get('id')} {task.get('name')!r}."
+    return f" Nothing chosen: {selection.get('reason', 'no candidate')}."
 
 
 def _number(value: object) -> str:
@@ -277,7 +319,7 @@ def _report_head(options: SyncOptions, store: DatasetStore, record: dict[str, An
                                               "instances", "other_shapes", "train_xml", "val_xml")},
                     **{k: record.get(k, default) for k, default in (
                         ("withdrawn_images", 0), ("returned_images", 0), ("withdrawn_jobs", {}),
-                        ("returned_jobs", {}))}},
+                        ("returned_jobs", {}), ("duplicate_images", {}))}},
         "gate": {"metric": metric_key(options.criteria.metric), "margin": options.criteria.margin,
                  "min_metric": options.criteria.min_metric, "class_floors": dict(options.criteria.class_floors),
                  "max_class_drop": options.criteria.max_class_drop},

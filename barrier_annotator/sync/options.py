@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+from typing import Any, Protocol
+
+from cvat_sdk.core.client import Client
 
 from .cvat_client import Selection
+from .deploy import Deployment
 from .export import ExportSettings
 from .gate import GateCriteria
 from .retry import RetryPolicy
@@ -29,6 +34,18 @@ class Outcome:
     code: ExitCode
     message: str
     run_dir: Path | None = None
+
+
+class AfterRound(Protocol):
+    """A step run after every concluded round, deployed or not (``--select``: choose the next frames
+    and create their task). Its dict goes into the round's report as ``selection``; a dict with an
+    ``error`` makes the run exit 3 without undoing the round. The sync loop knows the step by this
+    shape only: the command line plugs :mod:`barrier_annotator.selection` in, so the loop does not
+    import what imports it."""
+
+    def __call__(self, client: Client, *, workdir: Path, selection: Selection, round_number: int,
+                 deployed: Deployment | None, labelled_keys: Iterable[str], retry: RetryPolicy,
+                 export: ExportSettings, progress: bool) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,7 @@ class SyncOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     export: ExportSettings = field(default_factory=ExportSettings)
     progress: bool = True
+    after_round: AfterRound | None = None  # --select N: choose the next frames, create their task
 
     @property
     def staging(self) -> Path:

@@ -111,9 +111,37 @@ def render_markdown(report: Mapping[str, Any], class_names: Sequence[str]) -> st
     if deployment:
         shown = {k: (shlex.join(v) if k == "command" else v) for k, v in deployment.items()}
         lines += ["## Deployment", ""] + [f"- {key}: `{value}`" for key, value in shown.items()] + [""]
+    lines += _selection_lines(report.get("selection"))
     if report.get("error"):
         lines += ["## Error", "", f"```\n{report['error']}\n```", ""]
     return "\n".join(lines)
+
+
+def _selection_lines(selection: Mapping[str, Any] | None) -> list[str]:
+    """``--select``: the frames chosen for labelling next, why, and the task they went to."""
+    if not selection:
+        return []
+    lines = ["## Next frames to label (--select)", ""]
+    if selection.get("error"):
+        lines += [f"Selection failed: {selection['error']}", ""]
+    if selection.get("reason"):
+        lines += [selection["reason"], ""]
+    if selection.get("strategy"):
+        model = selection.get("model") or {}
+        counts = selection.get("counts") or {}
+        lines += [f"Strategy `{selection['strategy']}`, {len(selection.get('chosen', []))} of "
+                  f"{counts.get('candidates', '?')} candidate frames chosen ({selection.get('source', '')}), "
+                  f"scored by the model of run {model.get('run')} (round {model.get('round')}).", ""]
+    task = selection.get("task") or {}
+    if task:
+        lines += [f"CVAT task {task.get('id')} `{task.get('name')}`: {task.get('frames')} frames, "
+                  f"{task.get('shapes')} pre-labelled shapes (source semi-auto), status {task.get('status')}.", ""]
+    if selection.get("chosen"):
+        lines += ["| rank | frame | uncertainty | why |", "|---|---|---|---|"]
+        lines += [f"| {row['rank']} | {row['frame']} | {row['uncertainty']:.3f} | {row['why']} |"
+                  for row in selection["chosen"]]
+        lines.append("")
+    return lines
 
 
 def plot_per_class(path: Path, candidate: Mapping[str, float], reference: Mapping[str, float] | None,

@@ -22,7 +22,7 @@ from mask2former.utils import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("pulled", "trained", "evaluated", "decided", "deployed", "reported")
+STEPS = ("pulled", "trained", "evaluated", "decided", "deployed", "selected", "reported")
 STATE_FILE = "state.json"
 UNFINISHED = ("running", "failed")
 

@@ -5,8 +5,11 @@ is fed from :func:`generate_dataset`. Every image is rendered from its own gener
 ``[seed, split id, index]``: the same triple gives byte-identical images and identical annotations
 however many images are generated, in which order, or by how many worker processes.
 
+``walk_runs`` (off by default) makes a split out of near-duplicate *walk-through runs* instead of
+independent scenes (see ``synthetic_walk``); existing seeds render exactly as before either way.
+
 CLI: ``python -m barrier_annotator.training.data.synthetic --out DIR [--train N] [--val N] [--size PX] [--seed S]
-[--coco-mask-style rle|polygon|cvat] [--cvat-xml]``
+[--coco-mask-style rle|polygon|cvat] [--cvat-xml] [--walk-train 4x40,10x8,30x1] [--walk-val 60x1]``
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from tqdm import tqdm
 from mask2former.utils import atomic_write_json
 
 from .synthetic_scene import CLASS_NAMES, SceneInstance, SyntheticScene, render_scene
+from .synthetic_walk import describe as describe_runs
+from .synthetic_walk import parse_lengths, render_walk_frame, run_positions, shape_rng
 
 __all__ = [
     "CLASS_NAMES",
@@ -44,6 +49,7 @@ __all__ = [
     "main",
     "render_sample",
     "render_scene",
+    "render_walk_sample",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,6 +88,18 @@ def render_sample(seed: int, split: str, index: int, image_size: int = 320) -> S
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     height, width = image_shape(rng, image_size)
     return render_scene(rng, height, width)
+
+
+def render_walk_sample(seed: int, split: str, run: int, frame: int, length: int,
+                       image_size: int = 320) -> SyntheticScene:
+    """Frame ``frame`` of walk-through run ``run`` (``length`` frames) of ``split``: near-duplicates of
+    the run's other frames (see ``synthetic_walk``)."""
+    if split not in _SPLIT_IDS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if min(seed, run, frame) < 0:
+        raise ValueError("seed, run and frame must be non-negative")
+    shape = image_shape(shape_rng(seed, _SPLIT_IDS[split], run), image_size)
+    return render_walk_frame(seed, _SPLIT_IDS[split], run, frame, length, shape)
 
 
 def _mask_bbox(mask: np.ndarray) -> list[float]:
@@ -135,6 +153,7 @@ class _Job:
     jpeg_quality: int
     mask_style: str
     keep_crops: bool
+    walk: tuple[int, int, int] | None = None  # (run, frame, run length) of a walk-through frame
 
 
 # (label, tight mask crop, exclusive box x0, y0, x1, y1): CVAT's mask shape, without a full frame per instance
@@ -143,7 +162,10 @@ MaskCrop = tuple[str, np.ndarray, tuple[int, int, int, int]]
 
 def _render_job(job: _Job) -> tuple[int, bytes, tuple[int, int], list[dict], list[MaskCrop]]:
     """Render, JPEG-encode and COCO-encode one image (runs in worker processes)."""
-    scene = render_sample(job.seed, job.split, job.index, job.image_size)
+    if job.walk is None:
+        scene = render_sample(job.seed, job.split, job.index, job.image_size)
+    else:
+        scene = render_walk_sample(job.seed, job.split, *job.walk, image_size=job.image_size)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, job.jpeg_quality])
     if not ok:
@@ -193,6 +215,7 @@ def generate_dataset(
     write_cvat_xml: bool = False,
     workers: int = 0,
     progress: bool = True,
+    walk_runs: Mapping[str, Sequence[int]] | None = None,
 ) -> DatasetPaths:
     """Write ``out_dir/images/{train,val}/NNNNNN.jpg`` and ``out_dir/annotations/instances_{split}.json``.
 
@@ -201,6 +224,10 @@ def generate_dataset(
     ``write_cvat_xml`` adds ``annotations/{split}.xml`` (CVAT for images 1.1, mask shapes).
     ``workers`` > 1 renders in that many processes (0: up to 4 for larger datasets); the output
     does not depend on it. Existing files of the same names are overwritten.
+
+    ``walk_runs`` maps a split to the lengths of its walk-through runs (off by default): that split's
+    images are then the runs' frames in order (their count must be the sum of the lengths), and
+    each COCO image entry carries ``"walk": {"run": r, "frame": f, "length": n}``.
     """
     if coco_mask_style not in MASK_STYLES:
         raise ValueError(f"coco_mask_style must be one of {MASK_STYLES}, got {coco_mask_style!r}")
@@ -210,6 +237,13 @@ def generate_dataset(
         raise ValueError(f"image_size must be at least 32 px, got {image_size}")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    walk_runs = {split: tuple(int(n) for n in lengths) for split, lengths in (walk_runs or {}).items()}
+    for split, lengths in walk_runs.items():
+        count = {"train": num_train, "val": num_val}.get(split)
+        if count is None:
+            raise ValueError(f"walk_runs: unknown split {split!r}; expected one of {SPLITS}")
+        if sum(lengths) != count or min(lengths, default=1) < 1:
+            raise ValueError(f"walk_runs[{split!r}]: run lengths sum to {sum(lengths)}, the split has {count} images")
     if workers <= 0:
         workers = min(4, os.cpu_count() or 1) if num_train + num_val >= 64 else 1
     root = Path(out_dir)
@@ -220,8 +254,11 @@ def generate_dataset(
     for split, count in (("train", num_train), ("val", num_val)):
         image_dir = root / "images" / split
         image_dir.mkdir(parents=True, exist_ok=True)
-        jobs = [_Job(seed, split, i, image_size, jpeg_quality, coco_mask_style, write_cvat_xml)
-                for i in range(count)]
+        walks = run_positions(walk_runs[split]) if split in walk_runs else [None] * count
+        jobs = [_Job(seed, split, i, image_size, jpeg_quality, coco_mask_style, write_cvat_xml, walk)
+                for i, walk in enumerate(walks)]
+        if split in walk_runs:
+            logger.info("synthetic %s: walk-through runs: %s", split, describe_runs(walk_runs[split]))
         images: list[dict] = []
         annotations: list[dict] = []
         masks: dict[int, list[MaskCrop]] = {}
@@ -233,6 +270,9 @@ def generate_dataset(
             (image_dir / file_name).write_bytes(jpeg)
             image_id = index + 1
             images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+            if jobs[index].walk is not None:
+                run, frame, length = jobs[index].walk
+                images[-1]["walk"] = {"run": run, "frame": frame, "length": length}
             for ann in anns:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
                 per_class[CLASS_NAMES[ann["category_id"] - 1]] += 1
@@ -281,14 +321,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--coco-mask-style", choices=MASK_STYLES, default="rle")
     parser.add_argument("--cvat-xml", action="store_true", help="also write annotations/{split}.xml")
     parser.add_argument("--workers", type=int, default=0, help="render processes (0: auto)")
+    parser.add_argument("--walk-train", type=parse_lengths, default=None, metavar="LENGTHS",
+                        help="train split as walk-through runs of these lengths, e.g. 4x40,10x8,30x1 "
+                             "(their sum replaces --train)")
+    parser.add_argument("--walk-val", type=parse_lengths, default=None, metavar="LENGTHS",
+                        help="val split as walk-through runs (e.g. 60x1: single views; the sum replaces --val)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    walk_runs = {split: lengths for split, lengths in (("train", args.walk_train), ("val", args.walk_val)) if lengths}
+    if "train" in walk_runs:
+        args.train = sum(walk_runs["train"])
+    if "val" in walk_runs:
+        args.val = sum(walk_runs["val"])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         paths = generate_dataset(args.out, num_train=args.train, num_val=args.val, image_size=args.size,
                                  seed=args.seed, jpeg_quality=args.jpeg_quality,
                                  coco_mask_style=args.coco_mask_style, write_cvat_xml=args.cvat_xml,
-                                 workers=args.workers, progress=not args.no_progress)
+                                 workers=args.workers, progress=not args.no_progress, walk_runs=walk_runs)
     except ValueError as error:
         parser.error(str(error))
     for split in SPLITS:
