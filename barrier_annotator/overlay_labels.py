@@ -118,15 +118,24 @@ def _spots(
     then as many one label farther out) and the mask pixel each one names."""
     x0, y0, x1, y1 = box
     spots, anchors = [], []
-    for fraction in (0.5, 0.15, 0.85):
-        column = min(x1 - x0 - 1, int(fraction * (x1 - x0)))
+    # A sparse mask (specks, a thin diagonal) may miss all three probe lines: then the lines
+    # through one of its own pixels, the middle one in reading order, are probed too.
+    for fraction in (0.5, 0.15, 0.85, None):
+        if fraction is None:
+            if spots:
+                break
+            pixels = np.flatnonzero(crop)
+            middle_row, middle_column = (int(v) for v in np.unravel_index(pixels[len(pixels) // 2], crop.shape))
+            column = middle_column
+        else:
+            column = min(x1 - x0 - 1, int(fraction * (x1 - x0)))
         rows = np.flatnonzero(crop[:, column])
         if rows.size:
             x, top, bottom = x0 + column, y0 + int(rows[0]), y0 + int(rows[-1])
             for left in (x - width // 2, x - width + 1, x):
                 spots += [(left, top - gap - height), (left, bottom + 1 + gap)]
                 anchors += [(x, top), (x, bottom)]
-        row = min(y1 - y0 - 1, int(fraction * (y1 - y0)))
+        row = middle_row if fraction is None else min(y1 - y0 - 1, int(fraction * (y1 - y0)))
         cols = np.flatnonzero(crop[row])
         if cols.size:
             y, left, right = y0 + row, x0 + int(cols[0]), x0 + int(cols[-1])

@@ -51,14 +51,15 @@ MEANINGFUL_AP50 = 5.0
 class Settings:
     output: str
     # Defaults sized for < 1 hour on 2 CPU cores (2 jobs of one thread each): 3 x (450 + 150) + 3 seeds
-    # x 4 strategies x 3 rounds x 150 = 7200 iterations of the tiny config at 160 px (0.27-0.5 s each
-    # per job, by the machine's load) plus 27 scorings of the 280-frame pool (~25 s each): ~25 min on
-    # a quiet machine, ~45 on a busy one. Labels 24 -> 96: from 8 seed frames the tiny model stays
-    # near AP50 3 whatever it is given (calibrated: 450 + 150 iterations give AP50 3.3 from 8 frames,
-    # 5.7 from 24), so differences between strategies would be noise.
+    # x 4 strategies x 3 rounds x 150 = 7200 iterations of the tiny config (its inputs are resized to
+    # ~240x320 whatever the render size) plus 27 scorings of the 280-frame pool: 55.9 min measured on
+    # a shared 2-core Zen 4, the last chains on one core. Labels 24 -> 96: from 8 seed frames the tiny
+    # model stays near AP50 3 whatever it is given. Renders at 320 px: at 160 px (the same cost, as
+    # inputs are upscaled) posts and rails are a pixel or two wide and random picking ended at AP50
+    # 7.4 with 48 labels, at 320 px 11.6 with 96, enough for strategies to differ beyond seed noise.
     pool_runs: str = "4x40,8x10,40x1"
     val: int = 60
-    size: int = 160
+    size: int = 320
     data_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
     strategies: tuple[str, ...] = STRATEGIES

@@ -831,3 +831,19 @@ def test_cvat_renumbering_groups_and_reordering_is_no_review(tmp_path):
     again = label_folder(PiecesPredictor(), options(export, output_dir, polygons=True, model={"weights": "new"}))
     assert not again.left_alone and again.predicted == 2
     assert shape_counts(output_dir / "annotations.xml") == written and again.replaced_shapes == sum(written.values())
+
+
+def test_an_overlay_that_cannot_be_drawn_costs_the_picture_not_the_annotations(synthetic, tmp_path, monkeypatch,
+                                                                              caplog):
+    from barrier_annotator.labelling import pipeline
+
+    def broken_drawing(image, instances):
+        raise ValueError("drawing bug")
+
+    input_dir = make_input(synthetic, tmp_path / "in", count=3)
+    monkeypatch.setattr(pipeline, "draw_instances", broken_drawing)
+    summary = label_folder(PixelPredictor(), options(input_dir, tmp_path / "out", batch_size=1))
+    assert summary.exit_code == 0 and summary.predicted == 3 and summary.overlays_failed == 3
+    assert len(records(tmp_path / "out")) == 3 and summary.shapes.total() > 0
+    assert not any(path.is_file() for path in (tmp_path / "out" / "visuals").rglob("*"))
+    assert "overlay of" in caplog.text and "drawing bug" in caplog.text

@@ -177,3 +177,15 @@ def test_contact_sheet_of_degenerate_images():
     empty = [Instances.empty(image.shape[:2], CLASS_NAMES) for image in images]
     sheet = contact_sheet(images, predictions, empty)
     assert sheet.ndim == 3 and sheet.shape[2] == 3
+
+
+def test_a_mask_missed_by_every_probe_line_still_gets_a_label():
+    # Two specks at opposite corners of their box: the columns and rows the label spots are taken
+    # from (15, 50 and 85 % across the box) cross no mask pixel. A model's stray mask looks so.
+    mask = np.zeros((120, 160), bool)
+    mask[10:12, 10:12] = True
+    mask[100:102, 140:142] = True
+    instances = _instances([mask], [POST], [0.9])
+    overlay = render_overlay(np.zeros((120, 160, 3), np.uint8), instances)
+    _check_boxes(overlay, instances)
+    assert draw_instances(np.zeros((120, 160, 3), np.uint8), instances).shape == (120, 160, 3)

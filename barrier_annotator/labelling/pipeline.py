@@ -352,12 +352,23 @@ class _Committer:
             self._failure = error
             raise
 
+    def _write_overlay(self, name: str, image: np.ndarray, instances: Instances) -> None:
+        """The picture is for people checking the run: a drawing that fails costs that picture, logged
+        with its cause, never the image's annotations (writing it to disk may still fail the run)."""
+        try:
+            overlay = draw_instances(image, instances)
+        except Exception:
+            logger.exception("overlay of %s not drawn (its annotations are written)", name)
+            self.summary.overlays_failed += 1
+            return
+        self.out.write_visual(name, overlay)
+
     def _commit(self, job: _Job, image: np.ndarray, instances: Instances) -> None:
         name = job.entry.name
         record = build_record(name, instances, kinds=self.kinds, generation=self.generation,
                               settings=self.settings, previous=job.previous)
         record = record.with_frame(self.merger.input_fingerprint(name), self.merger.output_fingerprint(record))
-        self.out.write_visual(name, draw_instances(image, instances))
+        self._write_overlay(name, image, instances)
         self.out.write_record(record)  # the commit point of this image
         self.merger.apply(record)
         self.records[name] = record

@@ -39,6 +39,7 @@ class LabelSummary:
     not_written: Counter[str] = field(default_factory=Counter)
     kept_input_shapes: int = 0
     replaced_shapes: int = 0
+    overlays_failed: int = 0
     seconds: float = 0.0
     predict_seconds: float = 0.0
     inference_seconds: float = 0.0
@@ -81,6 +82,7 @@ class LabelSummary:
             "predictions_not_written": dict(sorted(self.not_written.items())),
             "kept_input_shapes": self.kept_input_shapes,
             "replaced_shapes": self.replaced_shapes,
+            "overlays_failed": self.overlays_failed,
             "seconds": round(self.seconds, 3),
             "seconds_per_image": round(self.seconds_per_image, 4),
             "inference_seconds_per_image": round(self.inference_seconds / self.predicted, 4) if self.predicted else 0.0,
@@ -111,6 +113,9 @@ class LabelSummary:
         per_class = ", ".join(f"{label} {count}" for label, count in sorted(self.shapes.items())) or "none"
         logger.info("shapes written: %d (%s); input shapes kept: %d; earlier predictions replaced: %d",
                     sum(self.shapes.values()), per_class, self.kept_input_shapes, self.replaced_shapes)
+        if self.overlays_failed:
+            logger.warning("overlay pictures not drawn: %d (the log above says why; their annotations are written)",
+                           self.overlays_failed)
         for note, count in sorted(self.not_written.items()):
             logger.warning("predictions not written: %d (%s)", count, note)
         if self.predicted:
