@@ -217,9 +217,10 @@ def bench_model(model_name: str, repeats: int, workdir: Path, variants: list[str
             continue
         agreement = np.mean([_iou(a, b) for a, b in zip(r["masks"], reference["masks"], strict=False)])
         same_classes = np.array_equal(r["classes"], reference["classes"])
-        speedup = upstream_total / r["total"] if upstream_total else float("nan")
+        speedup = f"{upstream_total / r['total']:.1f}x" if upstream_total else "-"  # no upstream row
+        rss = "-" if interleaved else f"{r['rss']:.2f}"  # one process for every row: its peak is nobody's own
         rows.append(f"| {model_name} | {variant} | {r['total']:.2f} | {r['network']:.2f} | {r['post']:.2f} | "
-                    f"{speedup:.1f}x | {r['rss']:.2f} | {agreement:.3f}{'' if same_classes else ' (classes differ)'} |")
+                    f"{speedup} | {rss} | {agreement:.3f}{'' if same_classes else ' (classes differ)'} |")
     for variant in variants:  # the kernel's own effect: the same backend and precision with it off
         on, off = results[variant], results.get(f"{variant}-nokernel", {})
         if "total" in on and "total" in off:
