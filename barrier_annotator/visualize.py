@@ -11,11 +11,13 @@ grows with the instances' boxes, not the frame: the frame is copied once, never 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from mask2former.structures import Instances
+from mask2former.utils import atomic_open
 
 from .overlay_labels import Coverage, TextBox, draw_text_boxes, place_labels, place_legend, text_size
 
@@ -183,7 +185,15 @@ def draw_instances(image: np.ndarray, instances: Instances, *, alpha: float = 0.
     return render_overlay(image, instances, alpha=alpha).image
 
 
-def save_rgb(path: str, image: np.ndarray) -> None:
-    """Write an RGB array (PNG/JPEG by extension); raises if OpenCV cannot write it."""
-    if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1])):
-        raise OSError(f"could not write image {path}")
+def save_rgb(path: str | Path, image: np.ndarray, *, jpeg_quality: int | None = None) -> Path:
+    """Write an RGB array in the format its extension names, atomically: a killed run never leaves
+    half a picture. Not fsynced (a picture lost to a power cut is drawn again). Raises OSError if
+    OpenCV cannot encode it."""
+    path = Path(path)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if jpeg_quality is not None else []
+    ok, encoded = cv2.imencode(path.suffix.lower(), np.ascontiguousarray(image[:, :, ::-1]), params)
+    if not ok:
+        raise OSError(f"could not encode an image as {path.suffix or 'no format'}: {path}")
+    with atomic_open(path, "wb", sync_data=False, sync_directory=False) as handle:
+        handle.write(encoded.tobytes())
+    return path

@@ -54,13 +54,10 @@ def _build_variant(model_name: str, variant: str, weights: str, cache: str):
     runner's description; raises ValueError where the row cannot run here (e.g. no bf16)."""
     import contextlib
 
-    import torch
-
     from mask2former.config import load_config
     from mask2former.modeling.pixel_decoder import ms_deform_attn
     from mask2former.postprocess import ResizeGeometry, instances_from_outputs, reference_instances
     from mask2former.predictor import Predictor
-    from mask2former.preprocess import normalize_and_pad, resize_image, resized_shape
 
     image = benchmark_frame()
     backend, _, precision = variant.removesuffix("-nokernel").partition("-")
@@ -83,9 +80,7 @@ def _build_variant(model_name: str, variant: str, weights: str, cache: str):
             ms_deform_attn.deformable_sample = product
 
     def network_input():
-        size = resized_shape(*image.shape[:2], predictor.short_edge, predictor.max_size)
-        tensor = torch.from_numpy(resize_image(image, size).transpose(2, 0, 1).copy()).float()
-        return normalize_and_pad([tensor], predictor.pixel_mean, predictor.pixel_std, predictor.size_divisibility)
+        return predictor.network_input([image])
 
     def once():
         start = time.perf_counter()

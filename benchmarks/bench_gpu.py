@@ -24,7 +24,6 @@ from model_configs import CONFIGS, FRAME, benchmark_frame
 from mask2former.config import load_config
 from mask2former.config.build import build_model
 from mask2former.predictor import Predictor
-from mask2former.preprocess import normalize_and_pad, resize_image, resized_shape
 
 MODELS = ("swin_t", "swin_l")
 OPTS = ["MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "800", "INPUT.MAX_SIZE_TEST", "1440",
@@ -45,10 +44,7 @@ def _timed(fn, repeats: int) -> float:
 
 
 def bench_row(predictor: Predictor, frame: np.ndarray, batch_size: int, repeats: int) -> dict[str, float]:
-    size = resized_shape(*frame.shape[:2], predictor.short_edge, predictor.max_size)
-    tensor = torch.from_numpy(resize_image(frame, size).transpose(2, 0, 1).copy()).float()
-    batch, _ = normalize_and_pad([tensor] * batch_size, predictor.pixel_mean, predictor.pixel_std,
-                                 predictor.size_divisibility)
+    batch, _ = predictor.network_input([frame] * batch_size)
     batch = batch.cuda()
     torch.cuda.reset_peak_memory_stats()
     network = _timed(lambda: predictor.runner(batch), repeats)

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # about 10k x 10k; CVAT frames are far smaller
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+"""File name endings of the image formats frames are read from and pictures written in (lower case)."""
 
 
 class ImageDecodeError(ValueError):

@@ -90,6 +90,14 @@ class Predictor:
                  score_threshold: float | None = None) -> Instances:
         return self.predict_batch([image], channels=channels, score_threshold=score_threshold)[0]
 
+    def network_input(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """The network's input for RGB uint8 ``arrays``: each resized as the config says, normalised,
+        padded into one batch; and each one's size inside it. For callers that run ``runner``
+        themselves (scoring with extra outputs, benchmarks), so they feed it what ``predict_batch`` does."""
+        inputs = [resize_image(a, resized_shape(*a.shape[:2], self.short_edge, self.max_size)) for a in arrays]
+        tensors = [torch.from_numpy(np.ascontiguousarray(i.transpose(2, 0, 1))).float() for i in inputs]
+        return normalize_and_pad(tensors, self.pixel_mean, self.pixel_std, self.size_divisibility)
+
     def predict_batch(
         self, images: Sequence[ImageInput], *, channels: str = "RGB", score_threshold: float | None = None
     ) -> list[Instances]:
@@ -98,10 +106,8 @@ class Predictor:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"score threshold must be within [0, 1], got {threshold}")
         arrays = [as_rgb_array(image, channels=channels) for image in images]
-        inputs = [resize_image(a, resized_shape(*a.shape[:2], self.short_edge, self.max_size)) for a in arrays]
-        tensors = [torch.from_numpy(np.ascontiguousarray(i.transpose(2, 0, 1))).float() for i in inputs]
         with torch.inference_mode():
-            batch, sizes = normalize_and_pad(tensors, self.pixel_mean, self.pixel_std, self.size_divisibility)
+            batch, sizes = self.network_input(arrays)
             # post-processing runs where the logits are (on a GPU: only kept masks come back, as bool)
             class_logits, mask_logits = self.runner(batch)
             padded = (int(batch.shape[-2]), int(batch.shape[-1]))

@@ -17,6 +17,7 @@ from .masks import (
     encode_rle,
     encode_sdk_mask,
     paste_crop,
+    sdk_mask_points,
     tight_crop,
 )
 from .payloads import (
@@ -67,5 +68,6 @@ __all__ = [
     "polygons_to_mask",
     "polygons_to_rle",
     "sdk_instance_shapes",
+    "sdk_mask_points",
     "tight_crop",
 ]

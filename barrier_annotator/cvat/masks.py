@@ -133,8 +133,15 @@ def encode_sdk_mask(mask_crop: np.ndarray, box: Sequence[int]) -> list[int]:
     The same run lengths as the XML ``rle`` (what ``cvat_sdk.masks.encode_mask`` computes; the
     tests hold the two equal), so the functions need no cvat-sdk, and a Nuclio image ships none.
     """
-    crop, (x0, y0, x1, y1) = check_crop(mask_crop, box)
-    return [*encode_rle(crop), x0, y0, x1 - 1, y1 - 1]
+    crop, box = check_crop(mask_crop, box)
+    return sdk_mask_points(encode_rle(crop), box)
+
+
+def sdk_mask_points(counts: Sequence[int], box: Sequence[int]) -> list[int]:
+    """``points`` of an SDK mask shape from a CVAT RLE already computed (e.g. read from an XML
+    ``<mask>``) and its exclusive box."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return [*(int(v) for v in counts), x0, y0, x1 - 1, y1 - 1]
 
 
 def decode_sdk_mask(points: Sequence[int]) -> tuple[np.ndarray, Box]:

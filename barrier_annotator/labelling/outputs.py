@@ -19,18 +19,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from mask2former.utils import atomic_open, atomic_write_json
+from mask2former.io import IMAGE_SUFFIXES
+from mask2former.utils import atomic_write_json
 
+from ..visualize import save_rgb
 from .names import mirrored_file
 from .prediction_records import PredictionRecord, RecordError
 
 logger = logging.getLogger(__name__)
 
 RUN_FORMAT = "barrier-annotator/label-run"
-_VISUAL_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class OutputFolder:
@@ -104,16 +104,10 @@ class OutputFolder:
     def visual_path(self, name: str) -> Path:
         """Same name and format as the image where OpenCV can write it, else ``<name>.png``."""
         suffix = Path(name).suffix.lower()
-        return mirrored_file(self.visuals, name, "" if suffix in _VISUAL_SUFFIXES else ".png")
+        return mirrored_file(self.visuals, name, "" if suffix in IMAGE_SUFFIXES else ".png")
 
     def write_visual(self, name: str, rgb: np.ndarray) -> Path:
-        path = self.visual_path(name)
-        ok, encoded = cv2.imencode(path.suffix.lower(), np.ascontiguousarray(rgb[:, :, ::-1]))
-        if not ok:
-            raise OSError(f"could not encode the overlay of {name!r} as {path.suffix}")
-        with atomic_open(path, "wb", sync_data=False, sync_directory=False) as handle:  # a picture only
-            handle.write(encoded.tobytes())
-        return path
+        return save_rgb(self.visual_path(name), rgb)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.summary_file, summary)

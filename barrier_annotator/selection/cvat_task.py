@@ -22,7 +22,7 @@ from cvat_sdk.core.client import Client
 from cvat_sdk.core.exceptions import CvatSdkException
 from cvat_sdk.core.proxies.tasks import ResourceType
 
-from ..cvat import CvatDocument, LabelInfo
+from ..cvat import CvatDocument, LabelInfo, sdk_mask_points
 from ..sync.cvat_client import CvatError
 from ..sync.retry import describe_error
 from .prelabels import StagedTask
@@ -95,8 +95,7 @@ def prelabel_shapes(staged: StagedTask, frame_names: Sequence[str], label_ids: M
             if shape.label not in label_ids:
                 raise CvatError(f"label {shape.label!r} of the pre-labels is not a label of the task")
             if shape.kind == "mask":
-                x0, y0, x1, y1 = shape.box
-                points = [float(v) for v in shape.counts] + [float(x0), float(y0), float(x1 - 1), float(y1 - 1)]
+                points = [float(v) for v in sdk_mask_points(shape.counts, shape.box)]
             elif shape.kind == "polygon":
                 points = [float(v) for v in shape.points]
             else:

@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from mask2former.io import ImageDecodeError, decode_image
+from mask2former.io import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 
 from ..cvat import CvatDocument, CvatXmlError
 from ..labelling.names import UnsafeImageNameError, image_file
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 HUMAN_SOURCE = "manual"
 
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from mask2former.structures import Instances
@@ -67,15 +66,11 @@ def contact_sheet(path: Path, items: Sequence[tuple[np.ndarray, Instances, str]]
     if not items:
         return None
     from ..contact_sheet import contact_sheet as draw_sheet
+    from ..visualize import save_rgb
 
     sheet = draw_sheet([image for image, _, _ in items], [instances for _, instances, _ in items],
                        captions=[caption for _, _, caption in items], title=title, tile_width=width)
-    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(sheet[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 88])
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    with atomic_open(path, "wb") as handle:
-        handle.write(encoded.tobytes())
-    return path
+    return save_rgb(path, sheet, jpeg_quality=88)
 
 
 def score_plot(path: Path, uncertainty: Sequence[float], chosen: Sequence[float], title: str) -> Path:

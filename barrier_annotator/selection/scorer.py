@@ -20,7 +20,6 @@ from torch.nn import functional as F
 from mask2former.io import ImageInput, as_rgb_array
 from mask2former.postprocess import ResizeGeometry, instances_from_outputs
 from mask2former.predictor import Predictor
-from mask2former.preprocess import normalize_and_pad, resize_image, resized_shape
 from mask2former.structures import Instances
 
 from .network import FeatureRunner, feature_runner
@@ -87,11 +86,8 @@ class FrameScorer:
 
     def _run(self, image: np.ndarray) -> tuple[Instances, dict[str, float], np.ndarray]:
         predictor = self.predictor
-        resized = resize_image(image, resized_shape(*image.shape[:2], predictor.short_edge, predictor.max_size))
-        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
         with torch.inference_mode():
-            batch, sizes = normalize_and_pad([tensor], predictor.pixel_mean, predictor.pixel_std,
-                                             predictor.size_divisibility)
+            batch, sizes = predictor.network_input([image])
             logits, masks, features = self.runner(batch)
             padded = (int(batch.shape[-2]), int(batch.shape[-1]))
             geometry = ResizeGeometry(input_size=sizes[0], padded_size=padded, output_size=image.shape[:2])
